@@ -1,0 +1,34 @@
+"""The tool contract: one module per tool, each a schema plus `run`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from app.providers.base import ToolSchema
+
+__all__ = ["Tool", "ToolContext", "ToolError", "ToolResult"]
+
+
+class ToolError(Exception):
+    """A tool refused or failed; the message is shown to the model as-is."""
+
+
+class ToolResult(msgspec.Struct, frozen=True):
+    ok: bool
+    content: str  # what the model sees
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    workspace: Path  # already resolved (absolute, symlinks followed)
+
+
+class Tool(Protocol):
+    schema: ToolSchema
+    mutating: bool
+
+    async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult: ...

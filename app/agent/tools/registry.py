@@ -1,0 +1,82 @@
+"""The set of tools a run may call, and the one place a tool call is executed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from app.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
+from app.agent.tools.list_dir import ListDir
+from app.agent.tools.read_file import ReadFile
+from app.agent.tools.search import Search
+from app.providers.base import ToolCall, ToolSchema
+
+__all__ = ["ToolRegistry", "builtin_tools"]
+
+log = logging.getLogger(__name__)
+
+
+def builtin_tools() -> list[Tool]:
+    """Fresh instances of the read-only built-in tools."""
+    return [ReadFile(), ListDir(), Search()]
+
+
+class ToolRegistry:
+    """Tools by name; `execute` turns every tool failure into an error result."""
+
+    def __init__(self, tools: Iterable[Tool]) -> None:
+        by_name: dict[str, Tool] = {}
+        for tool in tools:
+            name = tool.schema.name
+            if name in by_name:
+                raise ValueError(f"duplicate tool name {name!r}")
+            by_name[name] = tool
+        self._tools = by_name
+
+    def schemas(self) -> tuple[ToolSchema, ...]:
+        return tuple(tool.schema for tool in self._tools.values())
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._tools)
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    async def execute(self, call: ToolCall, ctx: ToolContext) -> ToolResult:
+        tool = self._tools.get(call.name)
+        if tool is None:
+            known = ", ".join(self._tools) or "none"
+            return _error(f"unknown tool {call.name!r} (available: {known})")
+        try:
+            args = decode_arguments(call.arguments)
+            return await tool.run(args, ctx)
+        except ToolError as exc:
+            return _error(str(exc))
+        except Exception as exc:  # a bug in a tool must not kill the run
+            log.exception("tool %s crashed", call.name)
+            return _error(f"{call.name} failed unexpectedly: {type(exc).__name__}: {exc}")
+
+
+def decode_arguments(arguments: str) -> dict[str, Any]:
+    """Decode a call's JSON arguments; an empty string means no arguments."""
+    if not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except ValueError as exc:
+        raise ToolError(f"arguments are not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ToolError(f"arguments must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _error(message: str) -> ToolResult:
+    return ToolResult(ok=False, content=f"error: {message}")

@@ -1,0 +1,155 @@
+"""The composition root: the only place that wires things together.
+
+Only entry points (the granian factory, the CLI) import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.agent.tools.registry import ToolRegistry, builtin_tools
+from app.agent.turns import TurnRunner
+from app.commands.execute import Executor
+from app.config import Settings
+from app.events.store import EventStore, open_event_store
+from app.events.writer import EventWriter
+from app.http.app import create_litestar
+from app.http.asgi import BmoAsgi, TokenCheck
+from app.http.deps import HttpDeps
+from app.http.lifecycle import RouteDefaults
+from app.projections.db import read_db_path, open_read_db
+from app.projections.posture import BindPosture
+from app.projections.runner import ProjectionRunner
+from app.providers.base import ChatProvider
+from app.providers.catalog import ModelCatalog
+from app.providers.local import LocalProvider
+from app.telemetry import Records, log_path
+
+__all__ = ["Bind", "Runtime", "build_asgi", "is_loopback_host", "parse_addr"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    host: str
+    port: int
+    token: str | None
+
+    @property
+    def addr(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def posture(self) -> BindPosture:
+        return BindPosture(addr=self.addr, loopback=is_loopback_host(self.host), auth=bool(self.token))
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[v6]:PORT` -> (host, port); ValueError with a clear message."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"address must look like HOST:PORT (got {addr!r})")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Runtime:
+    """Everything a serving process owns; started and stopped by the lifespan."""
+
+    settings: Settings
+    data_dir: Path
+    store: EventStore
+    writer: EventWriter
+    executor: Executor
+    projector: ProjectionRunner
+    records: Records
+    providers: list[ChatProvider] = field(default_factory=list)
+    baseline: int = 0  # store head at start: reads wait for the projector to pass it
+
+    async def start(self) -> None:
+        self.baseline = await asyncio.to_thread(self.store.max_notification_id)
+        self.writer.start()
+        self.projector.start()
+
+    async def stop(self) -> None:
+        await self.writer.close()
+        await self.projector.stop()
+        for provider in self.providers:
+            await provider.aclose()
+        self.store.close()
+        self.records.close()
+
+    async def settle(self, timeout: float = 1.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self.writer.flush(timeout)
+        target = max(self.baseline, self.writer.position)
+        await self.projector.wait_for(target, max(0.0, deadline - loop.time()))
+
+
+def build_runtime(settings: Settings, data_dir: Path) -> Runtime:
+    store = open_event_store(data_dir)
+    records = Records(log_path(data_dir))
+    projector = ProjectionRunner(
+        store,
+        read_db_path(data_dir),
+        ledger_capacity=settings.options.openai_compat.ledger_capacity,
+    )
+    writer = EventWriter(store, on_commit=projector.notify)
+    return Runtime(
+        settings=settings,
+        data_dir=data_dir,
+        store=store,
+        writer=writer,
+        executor=Executor(store, writer),
+        projector=projector,
+        records=records,
+    )
+
+
+def build_asgi(settings: Settings, *, data_dir: Path, bind: Bind, version: str = "0") -> BmoAsgi:
+    runtime = build_runtime(settings, data_dir)
+    local = LocalProvider()
+    runtime.providers.append(local)
+    compat = settings.options.openai_compat
+    catalog = ModelCatalog({local.name: local}, compat.models)
+    workspace = Path(settings.options.workspace).expanduser()
+    deps = HttpDeps(
+        settings=settings,
+        catalog=catalog,
+        turns=TurnRunner(runtime.executor, ToolRegistry(builtin_tools()), workspace, compat.max_steps),
+        read_conn=open_read_db(read_db_path(data_dir)).conn,
+        persistence=runtime.writer.state,
+        projector=runtime.projector,
+        store=runtime.store,
+        bind=bind.posture(),
+        started_at=int(time.time()),
+        settle=runtime.settle,
+    )
+    inner = create_litestar(
+        deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version
+    )
+    return BmoAsgi(
+        inner,
+        tokens=TokenCheck(bind.token),
+        executor=runtime.executor,
+        records=runtime.records,
+        defaults=RouteDefaults(
+            tool_policy=compat.tool_policy,
+            ambiguity_action=compat.ambiguity_action,
+            default_model=settings.options.model,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Thin cyclopts commands: serve, dirs, projections (more arrive with later issues)."""

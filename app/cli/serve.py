@@ -1,0 +1,111 @@
+"""`bmo serve`: validate everything, apply the bind rules, then run granian."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from cyclopts import Parameter
+
+from app.bootstrap import is_loopback_host, parse_addr
+from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_TOKEN
+from app.config import ConfigError, Settings, data_dir, load_settings
+
+__all__ = ["BindDecision", "decide_bind", "serve"]
+
+LOOPBACK_WARNING = (
+    "warning: bmo is listening on a non-loopback address ({addr}). The bearer token is the "
+    "only boundary; keep it secret, or put bmo behind a trusted reverse proxy."
+)
+
+
+class BindDecision:
+    def __init__(self, host: str, port: int, token: str | None, warnings: list[str]) -> None:
+        self.host, self.port, self.token, self.warnings = host, port, token, warnings
+
+
+def decide_bind(
+    settings: Settings, *, addr: str | None, token: str | None, allow_no_auth: bool, env: dict[str, str]
+) -> BindDecision:
+    """Pure: the bind, the token and warnings; ValueError says how to fix a refusal."""
+    server = settings.options.http_server
+    host, port = parse_addr(addr or server.addr)
+    token = token or env.get(ENV_TOKEN) or server.auth_token or None
+    allow = allow_no_auth or server.allow_no_auth
+    loopback = is_loopback_host(host)
+    if token is None and not allow:
+        raise ValueError(
+            "refusing to start without authentication: pass --auth-token TOKEN "
+            "(or set BMO_AUTH_TOKEN), or pass --allow-no-auth to serve unauthenticated on loopback."
+        )
+    if token is None and not loopback:
+        raise ValueError(
+            f"refusing --allow-no-auth on non-loopback address {host}: bind 127.0.0.1 "
+            "or set --auth-token."
+        )
+    warnings = [] if loopback else [LOOPBACK_WARNING.format(addr=f"{host}:{port}")]
+    return BindDecision(host, port, token, warnings)
+
+
+def serve(
+    *,
+    addr: Annotated[str | None, Parameter(help="HOST:PORT to listen on (default from config: 127.0.0.1:9000).")] = None,
+    auth_token: Annotated[str | None, Parameter(help="Bearer token clients must send (or BMO_AUTH_TOKEN).")] = None,
+    allow_no_auth: Annotated[bool, Parameter(help="Serve without a token (loopback addresses only).")] = False,
+    workers: Annotated[int, Parameter(help="granian worker processes.")] = 1,
+    config: Annotated[Path | None, Parameter(help="An extra config file, on top of the layered ones.")] = None,
+) -> int:
+    """Start the HTTP server (granian) on the resolved configuration."""
+    env = dict(os.environ)
+    cwd = Path.cwd()
+    try:
+        settings = load_settings(cwd=cwd, env=env, extra=config)
+        bind = decide_bind(settings, addr=addr, token=auth_token, allow_no_auth=allow_no_auth, env=env)
+    except (ConfigError, ValueError) as exc:
+        print(f"bmo serve: {exc}", file=sys.stderr)
+        return 2
+    if workers < 1:
+        print("bmo serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    for warning in bind.warnings:
+        print(warning, file=sys.stderr)
+    _export(bind, config, cwd)
+    print(
+        f"bmo: serving on http://{bind.host}:{bind.port}/v1 "
+        f"(auth {'on' if bind.token else 'off'}, data {data_dir(env)}, workers {workers})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return _run_granian(bind, workers)
+
+
+def _export(bind: BindDecision, config: Path | None, cwd: Path) -> None:
+    os.environ[ENV_ADDR] = f"[{bind.host}]:{bind.port}" if ":" in bind.host else f"{bind.host}:{bind.port}"
+    os.environ[ENV_CWD] = str(cwd)
+    if config is not None:
+        os.environ[ENV_CONFIG] = str(config.resolve())
+    if bind.token:
+        os.environ[ENV_TOKEN] = bind.token
+    else:
+        os.environ.pop(ENV_TOKEN, None)
+
+
+def _run_granian(bind: BindDecision, workers: int) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    server = Granian(
+        "app.cli.worker:asgi",
+        address=bind.host,
+        port=bind.port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        log_access=False,
+        respawn_failed_workers=True,
+        websockets=False,
+    )
+    server.serve()
+    return 0

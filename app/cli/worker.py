@@ -1,0 +1,38 @@
+"""The granian factory target: each worker builds its app from the environment.
+
+`bmo serve` resolves and validates everything first, then hands the result
+to workers through these variables (workers inherit the parent environment).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from app.bootstrap import Bind, build_asgi, parse_addr
+from app.config import data_dir, load_settings
+from app.http.asgi import BmoAsgi
+
+__all__ = ["ENV_ADDR", "ENV_CONFIG", "ENV_CWD", "asgi"]
+
+ENV_CONFIG = "BMO_SERVE_CONFIG"
+ENV_ADDR = "BMO_SERVE_ADDR"
+ENV_CWD = "BMO_SERVE_CWD"
+ENV_TOKEN = "BMO_AUTH_TOKEN"
+
+
+def asgi() -> BmoAsgi:
+    env = os.environ
+    extra = env.get(ENV_CONFIG)
+    cwd = Path(env.get(ENV_CWD) or os.getcwd())
+    settings = load_settings(cwd=cwd, env=env, extra=Path(extra) if extra else None)
+    host, port = parse_addr(env.get(ENV_ADDR) or settings.options.http_server.addr)
+    token = env.get(ENV_TOKEN) or settings.options.http_server.auth_token or None
+    from importlib.metadata import version
+
+    return build_asgi(
+        settings,
+        data_dir=data_dir(env),
+        bind=Bind(host=host, port=port, token=token),
+        version=version("bmo"),
+    )

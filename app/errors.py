@@ -1,0 +1,119 @@
+"""One small error tree. Every failure a client can see is one of these.
+
+Each class fixes the HTTP status and the OpenAI envelope `type`; instances
+carry the message, the offending `param` and a machine `code`. The mapping
+to HTTP lives in one place (`app.http.errors`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BmoError",
+    "Conflict",
+    "InternalError",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "ProviderError",
+    "ProviderTimeout",
+    "RateLimited",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]
+
+
+class BmoError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+
+class InvalidRequest(BmoError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(BmoError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(BmoError):
+    status = 404
+    type = "not_found_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowed(BmoError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class Conflict(BmoError):
+    status = 409
+    type = "conflict_error"
+
+
+class PayloadTooLarge(BmoError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaType(BmoError):
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
+class RateLimited(BmoError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class InternalError(BmoError):
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+
+
+class ProviderError(BmoError):
+    """The upstream model failed in a way the client cannot fix."""
+
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class ServiceUnavailable(BmoError):
+    status = 503
+    type = "server_error"
+    default_code = "unavailable"
+
+
+class ProviderTimeout(BmoError):
+    status = 504
+    type = "upstream_error"
+    default_code = "upstream_timeout"

@@ -1,0 +1,1 @@
+"""The write model: one module per stream, the store and the writer."""

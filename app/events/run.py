@@ -1,0 +1,192 @@
+"""The run stream: one stream per request (stream id = request id).
+
+Event class names and this module path are persisted with every event
+(`app.events.run:Fired`): never rename them without `register_topic`.
+Fields are plain JSON types only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from uuid import UUID
+
+from eventsourcing.domain import DomainEvent
+
+__all__ = [
+    "TERMINAL_EVENTS",
+    "Cancelled",
+    "ContentAppended",
+    "Finished",
+    "Fired",
+    "ModelCalled",
+    "ModelOverrideApplied",
+    "ModelOverrideRejected",
+    "RunEvent",
+    "RunState",
+    "Started",
+    "ToolCalled",
+    "evolve",
+    "fold",
+    "run_uuid",
+]
+
+
+def run_uuid(request_id: str) -> UUID:
+    """Request ids are UUID hex strings; the stream id is the same UUID."""
+    return UUID(hex=request_id)
+
+
+@dataclass(frozen=True)
+class Fired(DomainEvent):
+    """A request reached a compat route (the `openai_compat.fired` record)."""
+
+    session_id: str
+    route: str
+    model: str
+    stream: bool
+    tool_policy: str
+    ambiguity_action: str
+    is_session_reuse: bool
+    client_ua: str
+    requester: str
+    task: str
+
+
+@dataclass(frozen=True)
+class ModelOverrideApplied(DomainEvent):
+    bound_model: str
+    requested_model: str
+
+
+@dataclass(frozen=True)
+class ModelOverrideRejected(DomainEvent):
+    bound_model: str
+    requested_model: str
+
+
+@dataclass(frozen=True)
+class Started(DomainEvent):
+    """The agent began working on the run."""
+
+    model: str
+    message_count: int
+
+
+@dataclass(frozen=True)
+class ModelCalled(DomainEvent):
+    model: str
+    step: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class ToolCalled(DomainEvent):
+    name: str
+    call_id: str
+    args_digest: str
+    ok: bool
+    duration_ms: float
+    step: int
+
+
+@dataclass(frozen=True)
+class ContentAppended(DomainEvent):
+    """A batch of streamed deltas; the batches concatenate to the answer."""
+
+    text: str
+    role: str  # "assistant" content, or "activity" for tool-activity blocks
+
+
+@dataclass(frozen=True)
+class Cancelled(DomainEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finished(DomainEvent):
+    """Terminal: the `openai_compat.action` record of the request."""
+
+    outcome: str
+    status_code: int
+    elapsed_ms: float
+    error: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+RunEvent = (
+    Fired
+    | ModelOverrideApplied
+    | ModelOverrideRejected
+    | Started
+    | ModelCalled
+    | ToolCalled
+    | ContentAppended
+    | Cancelled
+    | Finished
+)
+
+TERMINAL_EVENTS = (Finished,)
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """What decisions about a run need to know; folded from its events."""
+
+    run_id: UUID
+    version: int = 0
+    fired: bool = False
+    started: bool = False
+    cancelled: bool = False
+    finished: bool = False
+    outcome: str = ""
+    session_id: str = ""
+    model: str = ""
+    fired_at: datetime | None = None
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.fired and not self.finished
+
+
+def evolve(state: RunState, event: DomainEvent) -> RunState:
+    """Pure: the state after `event`."""
+    state = replace(state, version=event.originator_version)
+    match event:
+        case Fired():
+            return replace(
+                state,
+                fired=True,
+                session_id=event.session_id,
+                model=event.model,
+                fired_at=event.timestamp,
+            )
+        case Started():
+            return replace(state, started=True, model=event.model)
+        case ModelCalled():
+            return replace(
+                state,
+                steps=state.steps + 1,
+                prompt_tokens=state.prompt_tokens + event.prompt_tokens,
+                completion_tokens=state.completion_tokens + event.completion_tokens,
+            )
+        case Cancelled():
+            return replace(state, cancelled=True)
+        case Finished():
+            return replace(state, finished=True, outcome=event.outcome)
+    return state
+
+
+def fold(run_id: UUID, events: list[DomainEvent] | tuple[DomainEvent, ...]) -> RunState:
+    state = RunState(run_id=run_id)
+    for event in events:
+        state = evolve(state, event)
+    return state

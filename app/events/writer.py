@@ -1,0 +1,158 @@
+"""The one writer: group commit off the event loop, and an outbox on failure.
+
+`submit` never blocks the request: events join a pending batch, and a single
+background task saves everything pending in one SQLite transaction on a
+worker thread. A save that fails for an environmental reason (disk full,
+read-only or locked database) leaves its events queued (a bounded outbox),
+sets the sticky degraded flag and is retried with backoff; the next
+successful save flushes the outbox and clears the flag. A stale-version
+conflict (`IntegrityError`) is the caller's business: only that submission's
+future fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import IntegrityError
+
+from app.events.store import EventStore
+
+__all__ = ["EventWriter", "PersistenceState"]
+
+FailureHook = Callable[[Sequence[DomainEvent], str], None]
+
+
+@dataclass(slots=True)
+class _Submission:
+    events: tuple[DomainEvent, ...]
+    done: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class PersistenceState:
+    """The sticky degraded flag and what the outbox went through."""
+
+    degraded: bool = False
+    last_error: str | None = None
+    failures: int = 0
+    overflowed_events: int = 0
+    flushed_after_failure: int = 0
+
+
+@dataclass
+class EventWriter:
+    store: EventStore
+    on_commit: Callable[[int], None] = lambda _position: None
+    on_failure: FailureHook = lambda _events, _error: None
+    outbox_limit: int = 20_000  # events held while the store is failing
+    state: PersistenceState = field(default_factory=PersistenceState)
+    position: int = 0  # last notification id this writer committed
+    _pending: list[_Submission] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._idle.set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-writer")
+
+    def submit(self, events: Sequence[DomainEvent]) -> asyncio.Future[int]:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if not events:
+            done.set_result(0)
+            return done
+        self._pending.append(_Submission(tuple(events), done))
+        self._trim_outbox()
+        self._idle.clear()
+        self._wake.set()
+        return done
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is saved (or timeout)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = list(self._pending)
+                if await self._save(batch):
+                    backoff = 0.05
+                    continue
+                await asyncio.sleep(backoff)  # outbox: retry the same batch later
+                backoff = min(backoff * 2, 2.0)
+            self._idle.set()
+
+    async def _save(self, batch: list[_Submission]) -> bool:
+        events = [e for s in batch for e in s.events]
+        try:
+            position = await asyncio.to_thread(self.store.save, events)
+        except IntegrityError:
+            await self._save_one_by_one(batch)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any store failure degrades, never crashes
+            self._record_failure(batch, exc)
+            return False
+        self._committed(batch, position)
+        return True
+
+    async def _save_one_by_one(self, batch: list[_Submission]) -> None:
+        for submission in batch:
+            try:
+                position = await asyncio.to_thread(self.store.save, submission.events)
+            except IntegrityError as exc:
+                self._drop(submission)
+                if not submission.done.done():
+                    submission.done.set_exception(exc)
+                continue
+            self._committed([submission], position)
+
+    def _committed(self, batch: list[_Submission], position: int) -> None:
+        self.position = max(self.position, position)
+        if self.state.degraded:
+            self.state.flushed_after_failure += sum(len(s.events) for s in batch)
+            self.state.degraded = False
+        for submission in batch:
+            self._drop(submission)
+            if not submission.done.done():
+                submission.done.set_result(position)
+        self.on_commit(position)
+
+    def _record_failure(self, batch: list[_Submission], exc: Exception) -> None:
+        first_failure = not self.state.degraded
+        self.state.degraded = True
+        self.state.failures += 1
+        self.state.last_error = f"{type(exc).__name__}: {exc}"
+        if first_failure:
+            self.on_failure([e for s in batch for e in s.events], self.state.last_error)
+
+    def _drop(self, submission: _Submission) -> None:
+        try:
+            self._pending.remove(submission)
+        except ValueError:
+            pass
+
+    def _trim_outbox(self) -> None:
+        held = sum(len(s.events) for s in self._pending)
+        while held > self.outbox_limit and len(self._pending) > 1:
+            oldest = self._pending.pop(0)
+            held -= len(oldest.events)
+            self.state.overflowed_events += len(oldest.events)
+            if not oldest.done.done():
+                oldest.done.set_exception(RuntimeError("event outbox overflowed"))

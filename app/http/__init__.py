@@ -1,0 +1,1 @@
+"""Thin Litestar controllers, wire Structs, SSE framing and one error mapper."""

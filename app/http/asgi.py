@@ -1,0 +1,147 @@
+"""The outermost ASGI layer: request id, bearer auth and the request lifecycle.
+
+It wraps the whole Litestar app (so 404s and 405s, which never reach
+Litestar middleware, still get an id, a record and a ledger row) and closes
+every lifecycle a handler left open, with the outcome the status implies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from app.commands.execute import Executor
+from app.errors import Unauthorized
+from app.http.errors import envelope_bytes, outcome_for_status
+from app.http.lifecycle import RequestLifecycle, RouteDefaults
+from app.http.routes import UNPROTECTED_PATHS, route_name
+from app.telemetry import Records
+
+__all__ = ["BmoAsgi", "TokenCheck"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SELF_FIRING_ROUTES = frozenset({"chat_completions"})  # they fire once the body is read
+
+
+class TokenCheck:
+    """Constant-time bearer check: digests make the comparison length-independent."""
+
+    def __init__(self, token: str | None) -> None:
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    @property
+    def required(self) -> bool:
+        return self._digest is not None
+
+    def allows(self, authorization: bytes | None) -> bool:
+        if self._digest is None:
+            return True
+        presented = b""
+        if authorization and authorization[:7].lower() == b"bearer ":
+            presented = authorization[7:].strip()
+        return hmac.compare_digest(hashlib.sha256(presented).digest(), self._digest)
+
+
+class BmoAsgi:
+    def __init__(
+        self,
+        inner: ASGIApp,
+        *,
+        tokens: TokenCheck,
+        executor: Executor,
+        records: Records,
+        defaults: RouteDefaults,
+    ) -> None:
+        self._inner = inner
+        self._tokens = tokens
+        self._executor = executor
+        self._records = records
+        self._defaults = defaults
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._inner(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        headers = _headers(scope)
+        route = route_name(scope["path"])
+        lifecycle = self._lifecycle(request_id, route, headers) if route else None
+        scope["bmo"] = lifecycle
+        scope["bmo.request_id"] = request_id
+        status = [0]
+        send = _tagging_send(send, request_id, status)
+        if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(
+            headers.get(b"authorization")
+        ):
+            await self._refuse(send, lifecycle)
+            return
+        if lifecycle is not None and route not in SELF_FIRING_ROUTES:
+            await lifecycle.fire()
+        try:
+            await self._inner(scope, receive, send)
+        finally:
+            if lifecycle is not None and not lifecycle.finished:
+                code = status[0]
+                outcome = outcome_for_status(code) if code else "cancelled"
+                await lifecycle.finish(outcome, code or 499)
+
+    def _lifecycle(
+        self, request_id: str, route: str, headers: dict[bytes, bytes]
+    ) -> RequestLifecycle:
+        return RequestLifecycle(
+            request_id=request_id,
+            route=route,
+            session_id=_text(headers.get(b"x-bmo-session-id"))[:128],
+            client_ua=_text(headers.get(b"user-agent")),
+            defaults=self._defaults,
+            executor=self._executor,
+            records=self._records,
+        )
+
+    async def _refuse(self, send: Send, lifecycle: RequestLifecycle | None) -> None:
+        error = Unauthorized("Missing or invalid bearer token.")
+        if lifecycle is not None:
+            lifecycle.note_error(error)
+        body = envelope_bytes(error)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        if lifecycle is not None:
+            await lifecycle.finish("auth_failed", 401)
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return {k: v for k, v in scope["headers"]}
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("latin-1") if value else ""
+
+
+def _tagging_send(send: Send, request_id: str, status: list[int]) -> Send:
+    header = (b"x-request-id", request_id.encode())
+
+    async def tagged(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+            message["headers"] = [*message.get("headers", ()), header]
+        await send(message)
+
+    return tagged

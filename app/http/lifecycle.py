@@ -1,0 +1,115 @@
+"""One request's life on a compat route: exactly one fired, exactly one terminal.
+
+The ASGI shell creates it; the chat handler fires it once the body names a
+model, everyone else fires at entry. Whoever finishes first decides the
+outcome; later finishes are no-ops (the `decide` of FinishRun agrees).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+from app.commands import FinishRun, FireRun
+from app.commands.execute import Executor
+from app.errors import BmoError
+from app.telemetry import Records
+
+__all__ = ["RequestLifecycle", "RouteDefaults"]
+
+UA_LIMIT = 64  # bytes, per SPEC §11
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDefaults:
+    """The resolved policy values every fired record carries."""
+
+    tool_policy: str
+    ambiguity_action: str
+    default_model: str
+
+
+@dataclass(slots=True)
+class RequestLifecycle:
+    request_id: str
+    route: str
+    session_id: str
+    client_ua: str
+    defaults: RouteDefaults
+    executor: Executor
+    records: Records
+    started: float = field(default_factory=time.perf_counter)
+    fired: bool = False
+    finished: bool = False
+    error: str = ""
+    model: str = ""
+
+    @property
+    def run_id(self) -> UUID:
+        return UUID(hex=self.request_id)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+    def note_error(self, error: BmoError) -> None:
+        self.error = error.message
+
+    async def fire(self, *, model: str = "", stream: bool = False, task: str = "") -> None:
+        if self.fired:
+            return
+        self.fired = True
+        self.model = model
+        fields = {
+            "request_id": self.request_id,
+            "session_id": self.session_id,
+            "route": self.route,
+            "tool_policy": self.defaults.tool_policy,
+            "ambiguity_action": self.defaults.ambiguity_action,
+            "model": model,
+            "stream": stream,
+            "is_session_reuse": bool(self.session_id),
+            "client_ua": truncate_utf8(self.client_ua, UA_LIMIT),
+        }
+        self.records.fired(**fields)
+        fields.pop("request_id")
+        await self.executor.execute(
+            FireRun(run_id=self.run_id, at=datetime.now(UTC), requester="", task=task, **fields)
+        )
+
+    async def finish(
+        self, outcome: str, status_code: int, *, error: str = "", finish_reason: str = ""
+    ) -> None:
+        if self.finished:
+            return
+        if not self.fired:
+            await self.fire()
+        self.finished = True
+        elapsed = round(self.elapsed_ms(), 3)
+        error = error or self.error
+        fields: dict[str, object] = {
+            "request_id": self.request_id,
+            "session_id": self.session_id,
+            "route": self.route,
+            "status_code": status_code,
+            "elapsed_ms": elapsed,
+        }
+        if error:
+            fields["error"] = error
+        self.records.action(outcome=outcome, terminal=True, **fields)
+        await self.executor.execute(
+            FinishRun(
+                run_id=self.run_id,
+                at=datetime.now(UTC),
+                outcome=outcome,
+                status_code=status_code,
+                elapsed_ms=elapsed,
+                error=error,
+                finish_reason=finish_reason,
+            )
+        )
+
+
+def truncate_utf8(text: str, limit: int) -> str:
+    return text.encode()[:limit].decode(errors="ignore")

@@ -1,0 +1,58 @@
+"""Wire messages to the agent's messages (content parts flattened to text)."""
+
+from __future__ import annotations
+
+from app.errors import InvalidRequest
+from app.http.wire import ChatCompletionRequest, WireMessage
+from app.providers.base import ChatMessage, ToolCall
+
+__all__ = ["to_chat_messages", "validate_request"]
+
+
+def validate_request(body: ChatCompletionRequest) -> None:
+    if body.n is not None and body.n > 1:
+        raise InvalidRequest("Only n = 1 is supported.", param="n", code="unsupported_value")
+    call_ids = {
+        call.id for m in body.messages if m.role == "assistant" for call in (m.tool_calls or ())
+    }
+    for index, message in enumerate(body.messages):
+        if message.role == "tool" and message.tool_call_id not in call_ids:
+            raise InvalidRequest(
+                "A tool message must answer a tool call of an earlier assistant message.",
+                param=f"messages[{index}].tool_call_id",
+            )
+
+
+def to_chat_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+    return tuple(_convert(m) for m in body.messages)
+
+
+def _convert(message: WireMessage) -> ChatMessage:
+    role = "system" if message.role == "developer" else message.role
+    if role == "function":
+        role = "tool"
+    calls = tuple(
+        ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+        for c in message.tool_calls or ()
+    )
+    return ChatMessage(
+        role=role,
+        content=_text(message.content),
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+    )
+
+
+def _text(content: object) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:  # type: ignore[attr-defined]
+        if part.type == "text" and part.text:
+            parts.append(part.text)
+        elif part.type == "image_url":
+            parts.append("[image]")
+    return "\n".join(parts)

@@ -1,0 +1,29 @@
+"""Route names used in records, counts and the ledger (SPEC §9)."""
+
+from __future__ import annotations
+
+__all__ = ["UNPROTECTED_PATHS", "route_name"]
+
+UNPROTECTED_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no token
+_UNRECORDED_PREFIXES = ("/healthz", "/readyz", "/schema")
+
+_EXACT = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/models": "models_list",
+    "/v1/openai-compat/posture": "posture",
+    "/v1/openai-compat/runs": "runs_list",
+}
+
+
+def route_name(path: str) -> str | None:
+    """None for paths that are not part of the compat surface (probes, schema)."""
+    name = _EXACT.get(path)
+    if name is not None:
+        return name
+    if path.startswith("/v1/openai-compat/runs/") and path.endswith("/events"):
+        return "run_events_list"
+    if path.startswith("/v1/permissions"):
+        return "permissions"
+    if path.startswith(_UNRECORDED_PREFIXES):
+        return None
+    return "unmatched"

@@ -1,0 +1,196 @@
+"""Wire Structs: exactly what crosses HTTP. Decoded and encoded by msgspec.
+
+Unknown request fields are accepted and ignored (Open WebUI and the SDK send
+many: `tools`, `stream_options`, `reasoning_effort`, `seed`, `logit_bias` ...).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "Choice",
+    "ChunkChoice",
+    "ContentPart",
+    "Delta",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "FunctionCall",
+    "HealthStatus",
+    "ModelList",
+    "ModelObject",
+    "ResponseMessage",
+    "RunEventRow",
+    "RunEventsPage",
+    "RunRow",
+    "RunsPage",
+    "StreamOptions",
+    "UsageWire",
+    "WireMessage",
+    "WireToolCall",
+]
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class FunctionCall(msgspec.Struct):
+    name: str = ""
+    arguments: str = ""
+
+
+class WireToolCall(msgspec.Struct):
+    function: FunctionCall
+    id: str = ""
+    type: str = "function"
+    index: int | None = None
+
+
+class ContentPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+    image_url: Any = None
+
+
+class WireMessage(msgspec.Struct):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[WireToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(msgspec.Struct):
+    messages: Annotated[list[WireMessage], msgspec.Meta(min_length=1, max_length=10_000)]
+    model: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tools: list[Any] | None = None
+
+
+class UsageWire(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMessage(msgspec.Struct, kw_only=True):
+    role: str = "assistant"
+    content: str | None
+
+
+class Choice(msgspec.Struct):
+    index: int
+    message: ResponseMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: UsageWire
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: UsageWire | None = None
+
+
+class ModelObject(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[ModelObject]
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+class RunRow(msgspec.Struct):
+    request_id: str
+    session_id: str
+    route: str
+    model: str
+    stream: bool
+    tool_policy: str
+    ambiguity_action: str
+    is_session_reuse: bool
+    client_ua: str
+    requester: str
+    task: str
+    started_at: str
+    ended_at: str | None
+    elapsed_ms: float | None
+    outcome: str | None
+    status_code: int | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RunsPage(msgspec.Struct):
+    data: list[RunRow]
+    next_cursor: str | None
+
+
+class RunEventRow(msgspec.Struct):
+    version: int
+    seq: int
+    type: str
+    at: str
+    data: dict[str, Any]
+
+
+class RunEventsPage(msgspec.Struct):
+    request_id: str
+    data: list[RunEventRow]
+
+
+class HealthStatus(msgspec.Struct):
+    status: str
+    checks: dict[str, str] = {}

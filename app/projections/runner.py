@@ -1,0 +1,138 @@
+"""Pull-based projector over the event store's notification log.
+
+Each step runs in one read-model transaction: read the tracking position,
+project the next notifications, apply the row operations, advance the
+position, commit. A crash never double-applies, and several processes can
+run a projector on the same files (BEGIN IMMEDIATE serialises them).
+It wakes when the writer commits, with a short poll as a fallback for
+events written by other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from eventsourcing.domain import DomainEvent
+
+from app.events.store import EventStore
+from app.projections import counts, runs
+from app.projections.db import open_read_db
+from app.projections.rows import RowOp, apply_ops
+
+__all__ = ["ProjectionRunner", "project_all"]
+
+NAME = "openai_compat"
+Projector = Callable[[DomainEvent, int], list[RowOp]]
+_PROJECTORS: tuple[Projector, ...] = (runs.project, counts.project)
+
+log = logging.getLogger(__name__)
+
+
+def project_all(event: DomainEvent, position: int) -> list[RowOp]:
+    return [op for projector in _PROJECTORS for op in projector(event, position)]
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        store: EventStore,
+        db_path: Path,
+        *,
+        ledger_capacity: int,
+        batch_size: int = 500,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self._store = store
+        self._db = open_read_db(db_path)
+        self._capacity = ledger_capacity
+        self._batch_size = batch_size
+        self._poll = poll_interval
+        self._wake = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self.position = self._read_position()
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="projector")
+
+    def notify(self, _position: int = 0) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._db.close()
+
+    async def wait_for(self, position: int, timeout: float) -> bool:
+        """True once everything up to `position` is projected."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.position < position:
+            self._wake.set()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._advanced.clear()
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except TimeoutError:
+                return self.position >= position
+        return True
+
+    def catch_up(self) -> int:
+        """Project everything currently in the store (blocking); returns the position."""
+        while self._step():
+            pass
+        return self.position
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await asyncio.to_thread(self._step):
+                    self._advanced.set()  # set here: asyncio events are not thread-safe
+                self._advanced.set()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - keep projecting; readiness shows the lag
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("projector step failed: %s", self.last_error)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            except TimeoutError:
+                pass
+
+    def _step(self) -> bool:
+        """Apply one batch in one transaction; False when there was nothing new."""
+        conn = self._db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            position = self._read_position()
+            notes = self._store.notifications(position, self._batch_size)
+            for note in notes:
+                apply_ops(conn, project_all(self._store.to_event(note), note.id))
+            if notes:
+                position = notes[-1].id
+                conn.execute(
+                    "INSERT INTO projection_tracking (name, position) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                    (NAME, position),
+                )
+                for sql, params in runs.prune_sql(self._capacity):
+                    conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.position = position
+        return bool(notes)
+
+    def _read_position(self) -> int:
+        row = self._db.conn.execute(
+            "SELECT position FROM projection_tracking WHERE name = ?", (NAME,)
+        ).fetchone()
+        return row[0] if row else 0

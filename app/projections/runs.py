@@ -1,0 +1,201 @@
+"""The run ledger: `openai_compat_runs` and `openai_compat_run_events`.
+
+`project` is pure (event in, row operations out); the queries below are the
+only way GET handlers, the CLI and the TUI read the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any
+
+from eventsourcing.domain import DomainEvent
+
+from app.events.run import Finished, Fired, ModelCalled
+from app.projections.rows import Insert, RowOp, Update
+
+__all__ = [
+    "RUNS_SCHEMA",
+    "event_data",
+    "get_run",
+    "list_runs",
+    "project",
+    "recent_outcomes",
+    "run_count",
+    "run_events",
+]
+
+RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS openai_compat_runs (
+    request_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    model TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    tool_policy TEXT NOT NULL,
+    ambiguity_action TEXT NOT NULL,
+    is_session_reuse INTEGER NOT NULL,
+    client_ua TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    task TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    ended_seq INTEGER,
+    elapsed_ms REAL,
+    outcome TEXT,
+    status_code INTEGER,
+    error TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_seq ON openai_compat_runs (seq);
+CREATE INDEX IF NOT EXISTS runs_ended_seq ON openai_compat_runs (ended_seq);
+CREATE TABLE IF NOT EXISTS openai_compat_run_events (
+    request_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    at TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (request_id, version)
+);
+"""
+
+_IDENTITY = {"originator_id", "originator_version", "timestamp"}
+
+
+def event_data(event: DomainEvent) -> dict[str, Any]:
+    """The event's own fields (identity fields are columns of their own)."""
+    return {f.name: getattr(event, f.name) for f in fields(event) if f.name not in _IDENTITY}
+
+
+def project(event: DomainEvent, position: int) -> list[RowOp]:
+    request_id = event.originator_id.hex
+    at = event.timestamp.isoformat()
+    ops: list[RowOp] = [
+        Insert(
+            "openai_compat_run_events",
+            {
+                "request_id": request_id,
+                "version": event.originator_version,
+                "seq": position,
+                "type": type(event).__name__,
+                "at": at,
+                "data": json.dumps(event_data(event), separators=(",", ":")),
+            },
+        )
+    ]
+    match event:
+        case Fired():
+            row = {"request_id": request_id, "seq": position, "started_at": at}
+            row.update(event_data(event))
+            ops.append(Insert("openai_compat_runs", row))
+        case ModelCalled():
+            pass  # usage is totalled on Finished
+        case Finished():
+            ops.append(
+                Update(
+                    "openai_compat_runs",
+                    ("request_id", request_id),
+                    {
+                        "ended_at": at,
+                        "ended_seq": position,
+                        "elapsed_ms": event.elapsed_ms,
+                        "outcome": event.outcome,
+                        "status_code": event.status_code,
+                        "error": event.error,
+                        "prompt_tokens": event.prompt_tokens,
+                        "completion_tokens": event.completion_tokens,
+                    },
+                )
+            )
+    return ops
+
+
+_RUN_COLUMNS = (
+    "request_id, session_id, route, model, stream, tool_policy, ambiguity_action, "
+    "is_session_reuse, client_ua, requester, task, started_at, ended_at, elapsed_ms, "
+    "outcome, status_code, error, prompt_tokens, completion_tokens, seq"
+)
+_BOOLS = ("stream", "is_session_reuse")
+
+
+def _run_row(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    for name in _BOOLS:
+        out[name] = bool(out[name])
+    return out
+
+
+def list_runs(
+    conn: Any,
+    *,
+    limit: int = 50,
+    before_seq: int | None = None,
+    filters: dict[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Newest first; returns rows and the cursor (a seq) of the next page."""
+    where, params = [], []
+    if before_seq is not None:
+        where.append("seq < ?")
+        params.append(before_seq)
+    for column, value in (filters or {}).items():
+        where.append(f"{column} = ?")
+        params.append(value)
+    sql = f"SELECT {_RUN_COLUMNS} FROM openai_compat_runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC LIMIT ?"
+    rows = [_run_row(r) for r in conn.execute(sql, (*params, limit + 1))]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1]["seq"] if more and rows else None)
+
+
+def get_run(conn: Any, request_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM openai_compat_runs WHERE request_id = ?", (request_id,)
+    ).fetchone()
+    return _run_row(row) if row is not None else None
+
+
+def run_events(conn: Any, request_id: str, after_version: int = 0) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT version, seq, type, at, data FROM openai_compat_run_events "
+        "WHERE request_id = ? AND version > ? ORDER BY version",
+        (request_id, after_version),
+    )
+    return [
+        {"version": v, "seq": s, "type": t, "at": at, "data": json.loads(d)}
+        for v, s, t, at, d in rows
+    ]
+
+
+def run_count(conn: Any) -> int:
+    return conn.execute("SELECT count(*) FROM openai_compat_runs").fetchone()[0]
+
+
+def recent_outcomes(conn: Any, n: int = 5) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT request_id, elapsed_ms, outcome FROM openai_compat_runs "
+        "WHERE ended_seq IS NOT NULL ORDER BY ended_seq DESC LIMIT ?",
+        (n,),
+    )
+    return [{"request_id": r, "elapsed_ms": e, "outcome": o} for r, e, o in rows]
+
+
+def prune_sql(capacity: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Statements that keep the newest `capacity` runs (events of pruned runs go too)."""
+    cutoff = (
+        "(SELECT seq FROM openai_compat_runs ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+    )
+    return [
+        (
+            "DELETE FROM openai_compat_run_events WHERE request_id IN "
+            f"(SELECT request_id FROM openai_compat_runs WHERE seq <= {cutoff})",
+            (capacity,),
+        ),
+        (f"DELETE FROM openai_compat_runs WHERE seq <= {cutoff}", (capacity,)),
+    ]
