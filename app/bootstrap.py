@@ -20,7 +20,7 @@ from app.http.app import create_litestar
 from app.http.asgi import BmoAsgi, TokenCheck
 from app.http.deps import HttpDeps
 from app.http.lifecycle import RouteDefaults
-from app.projections.db import read_db_path, open_read_db
+from app.projections.db import open_read_db, read_db_path
 from app.projections.posture import BindPosture
 from app.projections.runner import ProjectionRunner
 from app.providers.base import ChatProvider
@@ -139,9 +139,7 @@ def build_asgi(settings: Settings, *, data_dir: Path, bind: Bind, version: str =
         started_at=int(time.time()),
         settle=runtime.settle,
     )
-    inner = create_litestar(
-        deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version
-    )
+    inner = create_litestar(deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version)
     return BmoAsgi(
         inner,
         tokens=TokenCheck(bind.token),

@@ -275,11 +275,13 @@ def _substitute(text: str, env: Mapping[str, str], keys: tuple[str, ...]) -> str
         if token == "$${":
             return "${"
         if name is None:
-            raise _Problem(keys, f"{_dotted(keys)}: malformed ${{...}} reference in "
-                                 f"{_show(text)} (write $${{ for a literal ${{)")
+            raise _Problem(
+                keys,
+                f"{_dotted(keys)}: malformed ${{...}} reference in "
+                f"{_show(text)} (write $${{ for a literal ${{)",
+            )
         if name not in env:
-            raise _Problem(keys, f"environment variable {name} is not set "
-                                 f"(referenced by {_dotted(keys)})")
+            raise _Problem(keys, f"environment variable {name} is not set (referenced by {_dotted(keys)})")
         return env[name]
 
     return _INTERP_RE.sub(replace, text)
@@ -310,8 +312,10 @@ def _apply_aliases(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         if canonical in node:
             both = (_dotted((*table, alias)), _dotted((*table, canonical)))
-            raise _Problem((*table, alias), f"both {both[0]} and {both[1]} are set; "
-                                            f"{alias} is an alias of {canonical}, use only one")
+            raise _Problem(
+                (*table, alias),
+                f"both {both[0]} and {both[1]} are set; {alias} is an alias of {canonical}, use only one",
+            )
         node[canonical] = node.pop(alias)
     return raw
 
@@ -351,8 +355,7 @@ def _config_fields(cls: type[msgspec.Struct]) -> dict[str, msgspec.structs.Field
     return fields
 
 
-def _check_struct(cls: type[msgspec.Struct], raw: Any, keys: tuple[str, ...], *,
-                  complete: bool) -> None:
+def _check_struct(cls: type[msgspec.Struct], raw: Any, keys: tuple[str, ...], *, complete: bool) -> None:
     if not isinstance(raw, dict):
         raise _Problem(keys, f"{_dotted(keys)}: expected a table, got {_kind(raw)}")
     fields = _config_fields(cls)
@@ -361,15 +364,17 @@ def _check_struct(cls: type[msgspec.Struct], raw: Any, keys: tuple[str, ...], *,
         if field is None:
             known = ", ".join(fields)
             where = f"[{_dotted(keys)}]" if keys else "the top level"
-            raise _Problem((*keys, key), f"unknown key {_dotted((*keys, key))} "
-                                         f"(known keys in {where}: {known})")
+            raise _Problem(
+                (*keys, key), f"unknown key {_dotted((*keys, key))} (known keys in {where}: {known})"
+            )
         _check_value(field.type, value, (*keys, key), complete=complete)
     if complete:
         _check_required(fields, raw, keys)
 
 
-def _check_required(fields: Mapping[str, msgspec.structs.FieldInfo], raw: Mapping[str, Any],
-                    keys: tuple[str, ...]) -> None:
+def _check_required(
+    fields: Mapping[str, msgspec.structs.FieldInfo], raw: Mapping[str, Any], keys: tuple[str, ...]
+) -> None:
     for name, field in fields.items():
         if field.required and name not in raw:
             accepted = _accepted(field.type)
@@ -393,8 +398,9 @@ def _check_value(tp: Any, value: Any, keys: tuple[str, ...], *, complete: bool) 
         _check_leaf(tp, value, keys)
 
 
-def _check_named_tables(item: type[msgspec.Struct], raw: Any, keys: tuple[str, ...], *,
-                        complete: bool) -> None:
+def _check_named_tables(
+    item: type[msgspec.Struct], raw: Any, keys: tuple[str, ...], *, complete: bool
+) -> None:
     if not isinstance(raw, dict):
         raise _Problem(keys, f"{_dotted(keys)}: expected a table, got {_kind(raw)}")
     for name, value in raw.items():
@@ -405,12 +411,18 @@ def _check_named_tables(item: type[msgspec.Struct], raw: Any, keys: tuple[str, .
 def _check_name(name: str, keys: tuple[str, ...]) -> None:
     what = "provider name" if keys == ("providers",) else "id"
     if not _NAME_RE.match(name):
-        raise _Problem((*keys, name), f"{_dotted((*keys, name))}: {json.dumps(name)} is not a "
-                                      f"valid {what} (must match {_NAME_PATTERN})")
+        raise _Problem(
+            (*keys, name),
+            f"{_dotted((*keys, name))}: {json.dumps(name)} is not a "
+            f"valid {what} (must match {_NAME_PATTERN})",
+        )
     if keys == ("providers",) and name == _RESERVED_PROVIDER:
-        raise _Problem((*keys, name), f"{_dotted((*keys, name))}: the provider name "
-                                      f"{json.dumps(name)} is reserved for the built-in "
-                                      f"local model (bmo/local)")
+        raise _Problem(
+            (*keys, name),
+            f"{_dotted((*keys, name))}: the provider name "
+            f"{json.dumps(name)} is reserved for the built-in "
+            f"local model (bmo/local)",
+        )
 
 
 def _accepted(tp: Any) -> str:
@@ -422,8 +434,7 @@ def _accepted(tp: Any) -> str:
 
 def _check_literal(tp: Any, value: Any, keys: tuple[str, ...]) -> None:
     if value not in get_args(tp) or not isinstance(value, str):
-        raise _Problem(keys, f"{_dotted(keys)} = {_show(value)} is not valid "
-                             f"(accepted: {_accepted(tp)})")
+        raise _Problem(keys, f"{_dotted(keys)} = {_show(value)} is not valid (accepted: {_accepted(tp)})")
 
 
 def _check_leaf(tp: Any, value: Any, keys: tuple[str, ...]) -> None:
@@ -486,11 +497,15 @@ def _check_semantics(settings: Settings) -> None:
         if not server.enabled:
             continue
         if server.type == "stdio" and not server.command:
-            raise _Problem(("mcp", name, "command"),
-                           f"{_dotted(('mcp', name, 'command'))} is required for type = \"stdio\"")
+            raise _Problem(
+                ("mcp", name, "command"),
+                f'{_dotted(("mcp", name, "command"))} is required for type = "stdio"',
+            )
         if server.type in ("http", "sse") and not server.url:
-            raise _Problem(("mcp", name, "url"), f"{_dotted(('mcp', name, 'url'))} is required "
-                                                 f"for type = {json.dumps(server.type)}")
+            raise _Problem(
+                ("mcp", name, "url"),
+                f"{_dotted(('mcp', name, 'url'))} is required for type = {json.dumps(server.type)}",
+            )
 
 
 def _build(layers: Sequence[tuple[Path, dict[str, Any]]]) -> Settings:
@@ -511,8 +526,9 @@ def _build(layers: Sequence[tuple[Path, dict[str, Any]]]) -> Settings:
 # ---------------------------------------------------------------- public API
 
 
-def load_settings(*, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-                  extra: Path | None = None) -> Settings:
+def load_settings(
+    *, cwd: Path | None = None, env: Mapping[str, str] | None = None, extra: Path | None = None
+) -> Settings:
     """Find, read, interpolate, validate and merge every config file."""
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd

@@ -53,9 +53,7 @@ class RunRecorder:
             )
         )
 
-    async def tool_called(
-        self, *, step: int, call: ToolCall, result: ToolResult, duration_ms: float
-    ) -> None:
+    async def tool_called(self, *, step: int, call: ToolCall, result: ToolResult, duration_ms: float) -> None:
         await self._executor.execute(
             RecordToolCall(
                 run_id=self._run_id,

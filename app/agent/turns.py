@@ -20,9 +20,7 @@ __all__ = ["TurnRunner"]
 
 
 class TurnRunner:
-    def __init__(
-        self, executor: Executor, tools: ToolRegistry, workspace: Path, max_steps: int
-    ) -> None:
+    def __init__(self, executor: Executor, tools: ToolRegistry, workspace: Path, max_steps: int) -> None:
         self._executor = executor
         self._tools = tools
         self._context = ToolContext(workspace=workspace.resolve())

@@ -42,8 +42,7 @@ def decide_bind(
         )
     if token is None and not loopback:
         raise ValueError(
-            f"refusing --allow-no-auth on non-loopback address {host}: bind 127.0.0.1 "
-            "or set --auth-token."
+            f"refusing --allow-no-auth on non-loopback address {host}: bind 127.0.0.1 or set --auth-token."
         )
     warnings = [] if loopback else [LOOPBACK_WARNING.format(addr=f"{host}:{port}")]
     return BindDecision(host, port, token, warnings)
@@ -51,11 +50,19 @@ def decide_bind(
 
 def serve(
     *,
-    addr: Annotated[str | None, Parameter(help="HOST:PORT to listen on (default from config: 127.0.0.1:9000).")] = None,
-    auth_token: Annotated[str | None, Parameter(help="Bearer token clients must send (or BMO_AUTH_TOKEN).")] = None,
-    allow_no_auth: Annotated[bool, Parameter(help="Serve without a token (loopback addresses only).")] = False,
+    addr: Annotated[
+        str | None, Parameter(help="HOST:PORT to listen on (default from config: 127.0.0.1:9000).")
+    ] = None,
+    auth_token: Annotated[
+        str | None, Parameter(help="Bearer token clients must send (or BMO_AUTH_TOKEN).")
+    ] = None,
+    allow_no_auth: Annotated[
+        bool, Parameter(help="Serve without a token (loopback addresses only).")
+    ] = False,
     workers: Annotated[int, Parameter(help="granian worker processes.")] = 1,
-    config: Annotated[Path | None, Parameter(help="An extra config file, on top of the layered ones.")] = None,
+    config: Annotated[
+        Path | None, Parameter(help="An extra config file, on top of the layered ones.")
+    ] = None,
 ) -> int:
     """Start the HTTP server (granian) on the resolved configuration."""
     env = dict(os.environ)

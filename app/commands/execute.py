@@ -17,8 +17,15 @@ from uuid import UUID
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import IntegrityError
 
-from app.commands import append_content, cancel_run, finish_run, fire_run
-from app.commands import record_model_call, record_tool_call, start_run
+from app.commands import (
+    append_content,
+    cancel_run,
+    finish_run,
+    fire_run,
+    record_model_call,
+    record_tool_call,
+    start_run,
+)
 from app.commands.base import RunCommand
 from app.events.run import RunState, evolve, fold
 from app.events.store import EventStore

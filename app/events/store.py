@@ -51,9 +51,7 @@ class EventStore:
         return list(self._app.repository.event_store.get(stream_id))
 
     def notifications(self, after: int, limit: int) -> Sequence[Notification]:
-        return self._app.recorder.select_notifications(
-            start=after, limit=limit, inclusive_of_start=False
-        )
+        return self._app.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
 
     def to_event(self, notification: Notification) -> DomainEvent:
         return self._app.mapper.to_domain_event(notification)

@@ -13,6 +13,7 @@ future fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -106,7 +107,7 @@ class EventWriter:
         except IntegrityError:
             await self._save_one_by_one(batch)
             return True
-        except Exception as exc:  # noqa: BLE001 - any store failure degrades, never crashes
+        except Exception as exc:
             self._record_failure(batch, exc)
             return False
         self._committed(batch, position)
@@ -143,10 +144,8 @@ class EventWriter:
             self.on_failure([e for s in batch for e in s.events], self.state.last_error)
 
     def _drop(self, submission: _Submission) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._pending.remove(submission)
-        except ValueError:
-            pass
 
     def _trim_outbox(self) -> None:
         held = sum(len(s.events) for s in self._pending)

@@ -78,9 +78,7 @@ class BmoAsgi:
         scope["bmo.request_id"] = request_id
         status = [0]
         send = _tagging_send(send, request_id, status)
-        if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(
-            headers.get(b"authorization")
-        ):
+        if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(headers.get(b"authorization")):
             await self._refuse(send, lifecycle)
             return
         if lifecycle is not None and route not in SELF_FIRING_ROUTES:
@@ -93,9 +91,7 @@ class BmoAsgi:
                 outcome = outcome_for_status(code) if code else "cancelled"
                 await lifecycle.finish(outcome, code or 499)
 
-    def _lifecycle(
-        self, request_id: str, route: str, headers: dict[bytes, bytes]
-    ) -> RequestLifecycle:
+    def _lifecycle(self, request_id: str, route: str, headers: dict[bytes, bytes]) -> RequestLifecycle:
         return RequestLifecycle(
             request_id=request_id,
             route=route,

@@ -42,13 +42,15 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 class ChatController(Controller):
     path = "/v1/chat/completions"
-    tags = ["chat"]
+    tags = ("chat",)
 
     @post(
         status_code=200,
         summary="Create a chat completion (JSON, or SSE when stream is true)",
         responses={
-            200: ResponseSpec(ChatCompletion, description="chat.completion, or an SSE stream of chat.completion.chunk"),
+            200: ResponseSpec(
+                ChatCompletion, description="chat.completion, or an SSE stream of chat.completion.chunk"
+            ),
             400: ResponseSpec(ErrorEnvelope, description="invalid request"),
             401: ResponseSpec(ErrorEnvelope, description="missing or wrong bearer token"),
             404: ResponseSpec(ErrorEnvelope, description="chat disabled"),
@@ -60,7 +62,9 @@ class ChatController(Controller):
         deps: HttpDeps = state.deps
         lifecycle: RequestLifecycle = request.scope["bmo"]  # type: ignore[typeddict-item]
         if not deps.settings.options.openai_compat.enabled:
-            raise NotFound("The OpenAI-compatible chat API is disabled ([options.openai_compat] enabled = false).")
+            raise NotFound(
+                "The OpenAI-compatible chat API is disabled ([options.openai_compat] enabled = false)."
+            )
         stream = bool(data.stream)
         model_id = data.model or deps.settings.options.model
         await lifecycle.fire(model=model_id, stream=stream)
@@ -135,7 +139,11 @@ async def _complete(
         id=meta.id,
         created=meta.created,
         model=meta.model,
-        choices=[Choice(index=0, message=ResponseMessage(content="".join(texts)), finish_reason=event.finish_reason)],
+        choices=[
+            Choice(
+                index=0, message=ResponseMessage(content="".join(texts)), finish_reason=event.finish_reason
+            )
+        ],
         usage=_usage(event.usage),
     )
     await lifecycle.finish("final_answer", 200, finish_reason=event.finish_reason)
@@ -166,7 +174,7 @@ async def _stream(
     except (asyncio.CancelledError, GeneratorExit):
         await lifecycle.finish("cancelled", 499, error="client disconnected")
         raise
-    except Exception as exc:  # noqa: BLE001 - after headers, errors travel in the stream
+    except Exception as exc:
         error = to_bmo_error(exc)
         yield sse.event(envelope(error))
         yield sse.DONE

@@ -32,7 +32,7 @@ KEEP_ALIVE_S = 15.0
 
 class CompatController(Controller):
     path = "/v1/openai-compat"
-    tags = ["operator"]
+    tags = ("operator",)
 
     @get("/posture", summary="Live posture: policy, ledger, route counts, clients")
     async def posture(self, state: State) -> Posture:

@@ -7,8 +7,12 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.exceptions import MethodNotAllowedException
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
 
 from app.errors import (
     BmoError,
@@ -75,6 +79,10 @@ def to_bmo_error(exc: Exception) -> BmoError:
         cls = _BY_STATUS.get(exc.status_code)
         if cls is not None:
             return cls(str(exc.detail))
+        if exc.status_code == 400:
+            return InvalidRequest(
+                f"Could not parse the request body as JSON: {exc.detail}", code="invalid_json"
+            )
         if 400 <= exc.status_code < 500:
             return InvalidRequest(str(exc.detail))
     log.exception("unhandled error", exc_info=exc)
@@ -83,11 +91,15 @@ def to_bmo_error(exc: Exception) -> BmoError:
 
 def _validation_message(exc: ValidationException) -> str:
     details = exc.extra if isinstance(exc.extra, list) else []
-    parts = [str(d.get("message", "")) for d in details if isinstance(d, dict)]
-    parts = [p for p in parts if p]
+    parts = [_detail(d) for d in details if isinstance(d, dict) and d.get("message")]
     if parts:
         return "Invalid request body: " + "; ".join(parts)
     return f"Invalid request body: {exc.detail}"
+
+
+def _detail(detail: dict[str, Any]) -> str:
+    key = detail.get("key")
+    return f"{key}: {detail['message']}" if key and key != "data" else str(detail["message"])
 
 
 def _validation_param(exc: ValidationException) -> str | None:

@@ -15,7 +15,7 @@ __all__ = ["HealthController"]
 
 
 class HealthController(Controller):
-    tags = ["health"]
+    tags = ("health",)
 
     @get("/healthz", summary="Liveness")
     async def healthz(self) -> HealthStatus:
@@ -26,8 +26,10 @@ class HealthController(Controller):
         deps: HttpDeps = state.deps
         try:
             await asyncio.to_thread(deps.store.check_writable)
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            raise ServiceUnavailable(f"event store is not writable: {exc}", code="store_not_writable") from exc
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"event store is not writable: {exc}", code="store_not_writable"
+            ) from exc
         head = await asyncio.to_thread(deps.store.max_notification_id)
         if not await deps.projector.wait_for(head, 1.0):
             raise ServiceUnavailable(

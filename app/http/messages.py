@@ -12,9 +12,7 @@ __all__ = ["to_chat_messages", "validate_request"]
 def validate_request(body: ChatCompletionRequest) -> None:
     if body.n is not None and body.n > 1:
         raise InvalidRequest("Only n = 1 is supported.", param="n", code="unsupported_value")
-    call_ids = {
-        call.id for m in body.messages if m.role == "assistant" for call in (m.tool_calls or ())
-    }
+    call_ids = {call.id for m in body.messages if m.role == "assistant" for call in (m.tool_calls or ())}
     for index, message in enumerate(body.messages):
         if message.role == "tool" and message.tool_call_id not in call_ids:
             raise InvalidRequest(

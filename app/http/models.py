@@ -13,7 +13,7 @@ __all__ = ["ModelsController"]
 
 class ModelsController(Controller):
     path = "/v1/models"
-    tags = ["models"]
+    tags = ("models",)
 
     @get(summary="List the models this server advertises")
     async def list_models(self, state: State) -> ModelList:

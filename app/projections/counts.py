@@ -37,8 +37,7 @@ def route_counts(conn: Any) -> dict[str, int]:
 
 def top_user_agents(conn: Any, n: int = 5) -> list[dict[str, Any]]:
     rows = conn.execute(
-        "SELECT user_agent, count FROM openai_compat_user_agents "
-        "ORDER BY count DESC, user_agent LIMIT ?",
+        "SELECT user_agent, count FROM openai_compat_user_agents ORDER BY count DESC, user_agent LIMIT ?",
         (n,),
     )
     return [{"user_agent": ua, "count": c} for ua, c in rows]

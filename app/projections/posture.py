@@ -83,9 +83,7 @@ def snapshot(
         ambiguity_action=compat.ambiguity_action,
         model_override_policy=compat.model_override_policy,
         advertised_models=advertised_models,
-        label=label(
-            enabled=compat.enabled, tool_policy=compat.tool_policy, degraded=ledger.degraded
-        ),
+        label=label(enabled=compat.enabled, tool_policy=compat.tool_policy, degraded=ledger.degraded),
         ledger=ledger,
         routes=routes,
         top_user_agents=[UserAgentCount(**u) for u in top_user_agents],

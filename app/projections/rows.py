@@ -39,14 +39,10 @@ def apply_ops(conn: sqlite3.Connection, ops: list[RowOp]) -> None:
             case Insert(table, row):
                 cols = ", ".join(row)
                 marks = ", ".join("?" for _ in row)
-                conn.execute(
-                    f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", tuple(row.values())
-                )
+                conn.execute(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", tuple(row.values()))
             case Update(table, (key_col, key), values):
                 sets = ", ".join(f"{c} = ?" for c in values)
-                conn.execute(
-                    f"UPDATE {table} SET {sets} WHERE {key_col} = ?", (*values.values(), key)
-                )
+                conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", (*values.values(), key))
             case Increment(table, (key_col, key), column):
                 conn.execute(
                     f"INSERT INTO {table} ({key_col}, {column}) VALUES (?, 1) "

@@ -11,6 +11,7 @@ events written by other processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -97,14 +98,12 @@ class ProjectionRunner:
                     self._advanced.set()  # set here: asyncio events are not thread-safe
                 self._advanced.set()
                 self.last_error = None
-            except Exception as exc:  # noqa: BLE001 - keep projecting; readiness shows the lag
+            except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("projector step failed: %s", self.last_error)
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
-            except TimeoutError:
-                pass
 
     def _step(self) -> bool:
         """Apply one batch in one transaction; False when there was nothing new."""

@@ -167,10 +167,7 @@ def run_events(conn: Any, request_id: str, after_version: int = 0) -> list[dict[
         "WHERE request_id = ? AND version > ? ORDER BY version",
         (request_id, after_version),
     )
-    return [
-        {"version": v, "seq": s, "type": t, "at": at, "data": json.loads(d)}
-        for v, s, t, at, d in rows
-    ]
+    return [{"version": v, "seq": s, "type": t, "at": at, "data": json.loads(d)} for v, s, t, at, d in rows]
 
 
 def run_count(conn: Any) -> int:
@@ -188,9 +185,7 @@ def recent_outcomes(conn: Any, n: int = 5) -> list[dict[str, Any]]:
 
 def prune_sql(capacity: int) -> list[tuple[str, tuple[int, ...]]]:
     """Statements that keep the newest `capacity` runs (events of pruned runs go too)."""
-    cutoff = (
-        "(SELECT seq FROM openai_compat_runs ORDER BY seq DESC LIMIT 1 OFFSET ?)"
-    )
+    cutoff = "(SELECT seq FROM openai_compat_runs ORDER BY seq DESC LIMIT 1 OFFSET ?)"
     return [
         (
             "DELETE FROM openai_compat_run_events WHERE request_id IN "

@@ -20,7 +20,12 @@ from app.providers.base import ChatMessage, ToolCall
 from app.providers.local_tasks import answer_task, is_task_prompt
 
 __all__ = [
-    "CAPABILITIES", "CONFIGURE_HINT", "Plan", "classify", "compose_tool_answer", "plan_reply",
+    "CAPABILITIES",
+    "CONFIGURE_HINT",
+    "Plan",
+    "classify",
+    "compose_tool_answer",
+    "plan_reply",
 ]
 
 
@@ -40,7 +45,7 @@ CAPABILITIES = (
 )
 CONFIGURE_HINT = (
     "For real answers, configure a provider in `bmo.toml`:\n\n"
-    "```toml\n[providers.<name>]\ntype = \"openai\"\n"
+    '```toml\n[providers.<name>]\ntype = "openai"\n'
     'base_url = "https://api.openai.com/v1"\napi_key = "${OPENAI_API_KEY}"\n'
     'models = ["<model>"]\n```\n\n'
     "then pick the model `<name>/<model>` (for example `ollama/qwen2.5-coder:7b` "
@@ -80,7 +85,8 @@ _SEARCH = (
         _I,
     ),
     re.compile(
-        r"where(?:'s|’s|\s+is|\s+are)\s+" + _Q
+        r"where(?:'s|’s|\s+is|\s+are)\s+"
+        + _Q
         + r"\s+(?:defined|declared|used|implemented|called|referenced|set)",
         _I,
     ),
@@ -90,7 +96,8 @@ _DIR_WORDS = r"(?:files|entries|contents|directory|dir|folder|directories|folder
 _LIST = (
     re.compile(
         r"(?:list|show(?:\s+me)?|display|what\s+are)\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?"
-        + _DIR_WORDS + r"(?:\s+(?:in|of|under|inside|at|for)\s+(?P<path>.+))?",
+        + _DIR_WORDS
+        + r"(?:\s+(?:in|of|under|inside|at|for)\s+(?P<path>.+))?",
         _I,
     ),
     re.compile(r"(?:ls|dir|list)(?:\s+-\w+)*(?:\s+(?P<path>\S+))?", _I),
@@ -117,9 +124,7 @@ _HERE = re.compile(
     r"|code(?:base)?)|this\s+(?:directory|folder)",
     _I,
 )
-_SEARCH_NOISE = re.compile(
-    r"\s+in\s+(?:the\s+)?(?:code(?:base)?|repo(?:sitory)?|project|workspace)$", _I
-)
+_SEARCH_NOISE = re.compile(r"\s+in\s+(?:the\s+)?(?:code(?:base)?|repo(?:sitory)?|project|workspace)$", _I)
 _SYMBOL_NOISE = re.compile(r"^the\s+|\s+(?:function|class|method|variable|constant)$", _I)
 _TESTS = re.compile(r"(?:the\s+)?(?:unit\s+)?tests?(?:\s+suite)?", _I)
 
@@ -238,10 +243,21 @@ def _not_offered(kind: str, args: dict[str, Any]) -> str:
 # --- final answers from tool results -------------------------------------
 
 # Fence languages whose name differs from the file extension.
-_LANGS = MappingProxyType({
-    "py": "python", "js": "javascript", "ts": "typescript", "md": "markdown", "yml": "yaml",
-    "sh": "bash", "rs": "rust", "rb": "ruby", "h": "c", "cfg": "ini", "txt": "text",
-})
+_LANGS = MappingProxyType(
+    {
+        "py": "python",
+        "js": "javascript",
+        "ts": "typescript",
+        "md": "markdown",
+        "yml": "yaml",
+        "sh": "bash",
+        "rs": "rust",
+        "rb": "ruby",
+        "h": "c",
+        "cfg": "ini",
+        "txt": "text",
+    }
+)
 _NOTE = re.compile(r"\[(?:truncated:|offset |empty file).*\]")
 
 

@@ -18,10 +18,28 @@ _HISTORY = re.compile(r"<chat_history>(.*?)(?:</chat_history>|$)", re.DOTALL | r
 _TURN = re.compile(r"^(USER|ASSISTANT|SYSTEM):\s?(.*)$", re.IGNORECASE)
 _OUTPUT_KEY = re.compile(r'"(follow_ups|queries|tags|title|prompt|text)"\s*:')
 _STRIP = string.punctuation.replace("'", "").replace(".", "") + "“”‘’`"
-_CODE_WORDS = frozenset({
-    "code", "file", "files", "python", "test", "tests", "bug", "error", "function",
-    "class", "repo", "readme", "search", "grep", "list", "read", "run", "pytest",
-})
+_CODE_WORDS = frozenset(
+    {
+        "code",
+        "file",
+        "files",
+        "python",
+        "test",
+        "tests",
+        "bug",
+        "error",
+        "function",
+        "class",
+        "repo",
+        "readme",
+        "search",
+        "grep",
+        "list",
+        "read",
+        "run",
+        "pytest",
+    }
+)
 
 
 def is_task_prompt(text: str) -> bool:

@@ -64,8 +64,13 @@ class BmoServer:
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                self.command(), cwd=self.workspace, env=self.env(), stdout=err, stderr=err,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.command(),
+                cwd=self.workspace,
+                env=self.env(),
+                stdout=err,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self._wait_ready(timeout)
         return self

@@ -30,7 +30,9 @@ def test_non_streaming_chat_answers_through_the_real_tools(client: openai.OpenAI
     assert choice.message.role == "assistant"
     assert "TODO: write docs" in (choice.message.content or "")  # came from the file
     assert completion.usage is not None
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert (
+        completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
     assert completion.usage.completion_tokens > 0
 
 
@@ -71,7 +73,7 @@ def test_sse_framing_is_what_open_webui_parses(server: BmoServer, http: httpx.Cl
     events = [block for block in raw.split("\n\n") if block]
     assert all(block.startswith("data: ") and "\n" not in block for block in events)
     assert events[-1] == "data: [DONE]"
-    payloads = [json.loads(block[len("data: "):]) for block in events[:-1]]
+    payloads = [json.loads(block[len("data: ") :]) for block in events[:-1]]
     assert payloads[0]["choices"][0]["delta"]["role"] == "assistant"
     assert all(p["object"] == "chat.completion.chunk" for p in payloads)
     assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["total_tokens"] > 0
@@ -111,3 +113,23 @@ def test_default_model_is_used_when_the_request_names_none(http: httpx.Client) -
     response = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello"}]})
     assert response.status_code == 200
     assert response.json()["model"] == "bmo/local"
+
+
+def test_openapi_documents_every_route_with_real_schemas(http: httpx.Client) -> None:
+    doc = http.get("/schema/openapi.json").json()
+    paths = doc["paths"]
+    for path in (
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/openai-compat/posture",
+        "/v1/openai-compat/runs",
+        "/v1/openai-compat/runs/{run_id}/events",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in paths, path
+    chat = paths["/v1/chat/completions"]["post"]
+    assert "200" in chat["responses"] and "201" not in chat["responses"]
+    schemas = doc["components"]["schemas"]
+    assert {"ChatCompletionRequest", "ChatCompletion", "ModelList", "Posture", "RunsPage"} <= set(schemas)
+    assert "messages" in schemas["ChatCompletionRequest"]["properties"]

@@ -109,11 +109,10 @@ def test_global_default_location_uses_home(repo: Path, home: Path) -> None:
 # ---------------------------------------------------------------- precedence
 
 
-def test_precedence_global_root_subdir_extra(
-    repo: Path, env: dict[str, str], tmp_path: Path
-) -> None:
-    g = global_file(env, 'options.model = "global/m"\noptions.workspace = "/g"\n'
-                         'options.http_server.addr = "0.0.0.0:1"\n')
+def test_precedence_global_root_subdir_extra(repo: Path, env: dict[str, str], tmp_path: Path) -> None:
+    g = global_file(
+        env, 'options.model = "global/m"\noptions.workspace = "/g"\noptions.http_server.addr = "0.0.0.0:1"\n'
+    )
     root = write(repo / "bmo.toml", 'options.model = "root/m"\noptions.workspace = "/root"\n')
     sub = write(repo / "sub" / "bmo.toml", 'options.model = "sub/m"\n')
     extra = write(tmp_path / "extra.toml", '[options]\nmodel = "extra/m"\n')
@@ -181,10 +180,15 @@ def test_lists_concatenate_and_dedupe(repo: Path, env: dict[str, str]) -> None:
 
 
 def test_explicit_false_wins_and_tables_merge(repo: Path, env: dict[str, str]) -> None:
-    global_file(env, '[options.openai_compat]\nenabled = true\nmax_queue_depth = 9\n'
-                     '[options.telemetry.otel]\nenabled = true\n')
-    write(repo / "bmo.toml", '[options.openai_compat]\nenabled = false\n'
-                             '[options.telemetry.otel]\nendpoint = "http://otel:4318"\n')
+    global_file(
+        env,
+        "[options.openai_compat]\nenabled = true\nmax_queue_depth = 9\n"
+        "[options.telemetry.otel]\nenabled = true\n",
+    )
+    write(
+        repo / "bmo.toml",
+        '[options.openai_compat]\nenabled = false\n[options.telemetry.otel]\nendpoint = "http://otel:4318"\n',
+    )
     settings = load_settings(cwd=repo, env=env)
     assert settings.options.openai_compat.enabled is False
     assert settings.options.openai_compat.max_queue_depth == 9
@@ -193,8 +197,7 @@ def test_explicit_false_wins_and_tables_merge(repo: Path, env: dict[str, str]) -
 
 
 def test_provider_tables_merge_across_files(repo: Path, env: dict[str, str]) -> None:
-    global_file(env, '[providers.ollama]\ntype = "openai"\nbase_url = "http://a/v1"\n'
-                     'models = ["m1"]\n')
+    global_file(env, '[providers.ollama]\ntype = "openai"\nbase_url = "http://a/v1"\nmodels = ["m1"]\n')
     write(repo / "bmo.toml", '[providers.ollama]\nbase_url = "http://b/v1"\nmodels = ["m2"]\n')
     provider = load_settings(cwd=repo, env=env).providers["ollama"]
     assert provider == Provider(type="openai", base_url="http://b/v1", models=("m1", "m2"))
@@ -209,11 +212,12 @@ def test_provider_without_type_after_merge(repo: Path, env: dict[str, str]) -> N
 
 
 def test_mcp_servers(repo: Path, env: dict[str, str]) -> None:
-    write(repo / "bmo.toml", '[mcp.files]\ntype = "stdio"\ncommand = "python"\n'
-                             'args = ["-m", "srv"]\nenv = { TOKEN = "t" }\n')
+    write(
+        repo / "bmo.toml",
+        '[mcp.files]\ntype = "stdio"\ncommand = "python"\nargs = ["-m", "srv"]\nenv = { TOKEN = "t" }\n',
+    )
     server = load_settings(cwd=repo, env=env).mcp["files"]
-    assert server == McpServer(type="stdio", command="python", args=("-m", "srv"),
-                               env={"TOKEN": "t"})
+    assert server == McpServer(type="stdio", command="python", args=("-m", "srv"), env={"TOKEN": "t"})
 
 
 def test_mcp_stdio_needs_command(repo: Path, env: dict[str, str]) -> None:
@@ -225,12 +229,14 @@ def test_mcp_stdio_needs_command(repo: Path, env: dict[str, str]) -> None:
 
 
 def test_env_interpolation_nested(repo: Path, env: dict[str, str]) -> None:
-    write(repo / "bmo.toml",
-          '[options.http_server]\nauth_token = "${BMO_AUTH_TOKEN}"\n'
-          '[providers.hosted]\ntype = "anthropic"\napi_key = "k-${KEY}-${KEY}"\n'
-          'models = ["${MODEL}"]\n'
-          '[mcp.web]\ntype = "http"\nurl = "http://x"\nheaders = { Authorization = "Bearer ${KEY}" }\n'
-          '[options]\nworkspace = "$${HOME}/literal"\n')
+    write(
+        repo / "bmo.toml",
+        '[options.http_server]\nauth_token = "${BMO_AUTH_TOKEN}"\n'
+        '[providers.hosted]\ntype = "anthropic"\napi_key = "k-${KEY}-${KEY}"\n'
+        'models = ["${MODEL}"]\n'
+        '[mcp.web]\ntype = "http"\nurl = "http://x"\nheaders = { Authorization = "Bearer ${KEY}" }\n'
+        '[options]\nworkspace = "$${HOME}/literal"\n',
+    )
     env = {**env, "BMO_AUTH_TOKEN": "tok", "KEY": "abc", "MODEL": "claude"}
     settings = load_settings(cwd=repo, env=env)
     assert settings.options.http_server.auth_token == "tok"
@@ -268,8 +274,9 @@ def test_alias_overridden_by_higher_file(repo: Path, env: dict[str, str]) -> Non
 
 
 def test_alias_and_canonical_in_one_file(repo: Path, env: dict[str, str]) -> None:
-    path = write(repo / "bmo.toml", '[options.openai_compat]\nambiguity_policy = "code"\n'
-                                    'ambiguity_action = "ask"\n')
+    path = write(
+        repo / "bmo.toml", '[options.openai_compat]\nambiguity_policy = "code"\nambiguity_action = "ask"\n'
+    )
     message = error_of(cwd=repo, env=env)
     assert str(path) in message
     assert "ambiguity_policy" in message and "ambiguity_action" in message
@@ -333,17 +340,17 @@ def test_wrong_type_in_list_item(repo: Path, env: dict[str, str]) -> None:
 
 
 def test_scalar_where_table_expected(repo: Path, env: dict[str, str]) -> None:
-    write(repo / "bmo.toml", 'options = 3\n')
+    write(repo / "bmo.toml", "options = 3\n")
     assert "options: expected a table, got int" in error_of(cwd=repo, env=env)
 
 
 def test_bool_is_not_an_int(repo: Path, env: dict[str, str]) -> None:
-    write(repo / "bmo.toml", '[options.openai_compat]\nmax_steps = true\n')
+    write(repo / "bmo.toml", "[options.openai_compat]\nmax_steps = true\n")
     assert "expected int, got bool" in error_of(cwd=repo, env=env)
 
 
 def test_numeric_bounds(repo: Path, env: dict[str, str]) -> None:
-    write(repo / "bmo.toml", '[options.openai_compat]\nledger_capacity = 0\n')
+    write(repo / "bmo.toml", "[options.openai_compat]\nledger_capacity = 0\n")
     message = error_of(cwd=repo, env=env)
     assert "options.openai_compat.ledger_capacity" in message and ">= 1" in message
 
@@ -386,12 +393,14 @@ def test_good_provider_names(repo: Path, env: dict[str, str]) -> None:
 
 
 def test_redacted_hides_secrets(repo: Path, env: dict[str, str]) -> None:
-    write(repo / "bmo.toml",
-          '[options.http_server]\nauth_token = "s3cret"\n'
-          '[providers.a]\ntype = "openai"\napi_key = "sk-1"\n'
-          '[providers.b]\ntype = "openai"\n'
-          '[mcp.m]\ntype = "sse"\nurl = "http://m"\nenv = { K = "v1" }\n'
-          'headers = { Authorization = "Bearer v2" }\n')
+    write(
+        repo / "bmo.toml",
+        '[options.http_server]\nauth_token = "s3cret"\n'
+        '[providers.a]\ntype = "openai"\napi_key = "sk-1"\n'
+        '[providers.b]\ntype = "openai"\n'
+        '[mcp.m]\ntype = "sse"\nurl = "http://m"\nenv = { K = "v1" }\n'
+        'headers = { Authorization = "Bearer v2" }\n',
+    )
     settings = load_settings(cwd=repo, env=env)
     data = redacted(settings)
     assert isinstance(data, dict)

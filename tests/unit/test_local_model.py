@@ -236,16 +236,11 @@ def test_chunk_text_preserves_text(text: str) -> None:
 
 # --- Open WebUI background tasks -----------------------------------------
 
-HISTORY = (
-    "<chat_history>\nUSER: list the files in src please\nASSISTANT: Here are...\n</chat_history>"
-)
+HISTORY = "<chat_history>\nUSER: list the files in src please\nASSISTANT: Here are...\n</chat_history>"
 
 
 def task(instructions: str, output: str) -> str:
-    return (
-        f"### Task:\n{instructions}\n### Output:\nJSON format: {output}\n"
-        f"### Chat History:\n{HISTORY}"
-    )
+    return f"### Task:\n{instructions}\n### Output:\nJSON format: {output}\n### Chat History:\n{HISTORY}"
 
 
 @pytest.mark.parametrize(

@@ -221,9 +221,7 @@ def test_search_caps_results(ctx: ToolContext, ws: Path) -> None:
     assert "capped at 5" in lines[-1]
 
 
-def test_search_ignores_symlink_pointing_outside(
-    ctx: ToolContext, ws: Path, tmp_path: Path
-) -> None:
+def test_search_ignores_symlink_pointing_outside(ctx: ToolContext, ws: Path, tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_text("needle\n")
     os.symlink(tmp_path / "secret.txt", ws / "leak.txt")
     assert run(Search(), {"pattern": "needle"}, ctx).content.startswith("no matches")
@@ -288,9 +286,7 @@ def test_registry_empty_arguments_mean_defaults(ctx: ToolContext) -> None:
         (ToolCall("c1", "search", '{"pattern": "["}'), "error: search: invalid regex"),
     ],
 )
-def test_registry_turns_failures_into_error_results(
-    ctx: ToolContext, call: ToolCall, message: str
-) -> None:
+def test_registry_turns_failures_into_error_results(ctx: ToolContext, call: ToolCall, message: str) -> None:
     result = execute(ToolRegistry(builtin_tools()), call, ctx)
     assert not result.ok
     assert result.content.startswith(message)

@@ -26,8 +26,7 @@ class ListDir:
     schema = ToolSchema(
         name="list_dir",
         description=(
-            "List the entries of a directory in the workspace, sorted by name. "
-            "Directories end with '/'."
+            "List the entries of a directory in the workspace, sorted by name. Directories end with '/'."
         ),
         parameters={
             "type": "object",

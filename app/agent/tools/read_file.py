@@ -101,13 +101,10 @@ def _window(text: str, args: _Args, *, size: int, cut: bool) -> str:
     notes: list[str] = []
     if end < total:
         notes.append(
-            f"[truncated: showing lines {args.offset + 1}-{end} of {total}; "
-            f"use offset={end} to read more]"
+            f"[truncated: showing lines {args.offset + 1}-{end} of {total}; use offset={end} to read more]"
         )
     if cut:
-        notes.append(
-            f"[truncated: the file is {size} bytes; only the first {MAX_BYTES} bytes were read]"
-        )
+        notes.append(f"[truncated: the file is {size} bytes; only the first {MAX_BYTES} bytes were read]")
     if notes:
         body = body + ("" if body.endswith("\n") or not body else "\n") + "\n".join(notes)
     return body

@@ -60,9 +60,7 @@ class Search:
         target = resolve_in_workspace(ctx.workspace, parsed.path)
         if not target.exists():
             raise ToolError(f"search: {display_path(ctx.workspace, target)!r} does not exist")
-        content = await asyncio.to_thread(
-            _search, ctx.workspace.resolve(), target, regex, parsed.max_results
-        )
+        content = await asyncio.to_thread(_search, ctx.workspace.resolve(), target, regex, parsed.max_results)
         return ToolResult(ok=True, content=content)
 
 

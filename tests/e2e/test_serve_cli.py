@@ -1,0 +1,111 @@
+"""`bmo serve` refuses unsafe binds; `bmo projections rebuild` replays the store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.server import BmoServer
+
+
+def run_bmo(
+    args: list[str], tmp_path: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("BMO_AUTH_TOKEN", None)
+    env["BMO_GLOBAL_DATA"] = str(tmp_path / "data")
+    env["BMO_GLOBAL_CONFIG"] = str(tmp_path / "cfg")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_serve_without_token_or_allow_no_auth_refuses_and_names_both(tmp_path: Path) -> None:
+    result = run_bmo(["serve", "--addr", "127.0.0.1:1"], tmp_path)
+    assert result.returncode != 0
+    assert "--auth-token" in result.stderr and "--allow-no-auth" in result.stderr
+
+
+def test_allow_no_auth_on_a_public_address_is_refused(tmp_path: Path) -> None:
+    result = run_bmo(["serve", "--allow-no-auth", "--addr", "0.0.0.0:1"], tmp_path)
+    assert result.returncode != 0
+    assert "non-loopback" in result.stderr
+
+
+def test_bad_config_refuses_to_start_naming_file_key_and_values(tmp_path: Path) -> None:
+    (tmp_path / "bmo.toml").write_text('[options.openai_compat]\ntool_policy = "yolo"\n')
+    result = run_bmo(["serve", "--allow-no-auth", "--addr", "127.0.0.1:1"], tmp_path)
+    assert result.returncode != 0
+    assert "bmo.toml" in result.stderr
+    assert "options.openai_compat.tool_policy" in result.stderr
+    assert "chat_only" in result.stderr and "auto_approve" in result.stderr
+
+
+def test_token_from_environment_is_enforced(tmp_path: Path, workspace: Path) -> None:
+    server = BmoServer(workspace=workspace, data_dir=tmp_path / "data", token=None)
+    server.extra_args = ()
+    env_token = "env-token-abcdef"
+    original_env = server.env
+
+    def env_with_token() -> dict[str, str]:
+        env = original_env()
+        env["BMO_AUTH_TOKEN"] = env_token
+        return env
+
+    server.env = env_with_token  # type: ignore[method-assign]
+    server.command = lambda: [  # type: ignore[method-assign]
+        sys.executable,
+        "-m",
+        "app",
+        "serve",
+        "--addr",
+        f"127.0.0.1:{server.port}",
+    ]
+    server.start()
+    try:
+        assert httpx.get(server.base_url + "/v1/models").status_code == 401
+        ok = httpx.get(server.base_url + "/v1/models", headers={"Authorization": f"Bearer {env_token}"})
+        assert ok.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_projections_rebuild_replays_every_event(tmp_path: Path, workspace: Path) -> None:
+    server = BmoServer(workspace=workspace, data_dir=tmp_path / "data").start()
+    try:
+        with httpx.Client(base_url=server.base_url, headers=server.headers) as h:
+            h.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello"}]})
+            before = h.get("/v1/openai-compat/runs", params={"route": "chat_completions"}).json()["data"]
+    finally:
+        server.stop()
+    result = run_bmo(["projections", "rebuild"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt" in result.stdout
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "data" / "read_models.db") as conn:
+        ids = {
+            row[0]
+            for row in conn.execute(
+                "SELECT request_id FROM openai_compat_runs WHERE route = 'chat_completions'"
+            )
+        }
+    assert ids == {r["request_id"] for r in before}
+
+
+def test_dirs_prints_the_data_locations(tmp_path: Path) -> None:
+    result = run_bmo(["dirs"], tmp_path)
+    assert result.returncode == 0
+    assert str(tmp_path / "data" / "events.db") in result.stdout
+    assert str(tmp_path / "data" / "logs" / "bmo.jsonl") in result.stdout
