@@ -78,6 +78,7 @@ def serve(
         return 2
     for warning in bind.warnings:
         print(warning, file=sys.stderr)
+    _recover(settings, data_dir(env))
     _export(bind, config, cwd)
     print(
         f"bmo: serving on http://{bind.host}:{bind.port}/v1 "
@@ -86,6 +87,26 @@ def serve(
         flush=True,
     )
     return _run_granian(bind, workers)
+
+
+def _recover(settings: Settings, data: Path) -> None:
+    """Before workers start: close the runs a crashed process left open."""
+    from app.events.store import open_event_store
+    from app.projections.db import read_db_path
+    from app.recovery import sweep_interrupted
+    from app.telemetry import Records, log_path
+
+    store = open_event_store(data)
+    records = Records(log_path(data))
+    try:
+        swept = sweep_interrupted(
+            store, read_db_path(data), records, settings.options.openai_compat.ledger_capacity
+        )
+    finally:
+        records.close()
+        store.close()
+    if swept:
+        print(f"bmo: recovered {len(swept)} interrupted run(s) as error_500", file=sys.stderr)
 
 
 def _export(bind: BindDecision, config: Path | None, cwd: Path) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from eventsourcing.domain import DomainEvent
 
@@ -62,6 +63,14 @@ class ProjectionRunner:
 
     def notify(self, _position: int = 0) -> None:
         self._wake.set()
+
+    @property
+    def read_conn(self) -> Any:
+        """The runner's own connection (only while no step runs)."""
+        return self._db.conn
+
+    def close(self) -> None:
+        self._db.close()
 
     async def stop(self) -> None:
         if self._task is not None:

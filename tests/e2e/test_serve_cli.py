@@ -109,3 +109,46 @@ def test_dirs_prints_the_data_locations(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert str(tmp_path / "data" / "events.db") in result.stdout
     assert str(tmp_path / "data" / "logs" / "bmo.jsonl") in result.stdout
+
+
+def test_serve_recovers_runs_left_open_by_a_crash(tmp_path: Path, workspace: Path) -> None:
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from app.commands import fire_run
+    from app.commands.fire_run import FireRun
+    from app.events.run import RunState
+    from app.events.store import open_event_store
+
+    data = tmp_path / "data"
+    store = open_event_store(data)
+    run_id = uuid4()
+    store.save(
+        fire_run.decide(
+            RunState(run_id),
+            FireRun(
+                run_id=run_id,
+                at=datetime.now(UTC),
+                session_id="",
+                route="chat_completions",
+                model="bmo/local",
+                stream=True,
+                tool_policy="chat_only",
+                ambiguity_action="ask",
+                is_session_reuse=False,
+                client_ua="x",
+            ),
+        )
+    )
+    store.close()
+    server = BmoServer(workspace=workspace, data_dir=data).start()
+    try:
+        runs = httpx.get(
+            server.base_url + "/v1/openai-compat/runs",
+            params={"outcome": "error_500"},
+            headers=server.headers,
+        ).json()["data"]
+        assert [(r["request_id"], r["error"]) for r in runs] == [(run_id.hex, "interrupted")]
+        assert "recovered 1 interrupted run" in server.stderr()
+    finally:
+        server.stop()
