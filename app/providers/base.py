@@ -70,6 +70,7 @@ class ModelRequest(msgspec.Struct, frozen=True):
     tools: tuple[ToolSchema, ...] = ()
     max_tokens: int | None = None
     temperature: float | None = None
+    stream: bool = True  # a hint: adapters may call upstream without streaming when False
 
 
 class TextDelta(msgspec.Struct, frozen=True, tag=True):

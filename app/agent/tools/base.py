@@ -20,6 +20,9 @@ class ToolError(Exception):
 class ToolResult(msgspec.Struct, frozen=True):
     ok: bool
     content: str  # what the model sees
+    # machine-readable failure kind the loop acts on, e.g. "k8s_retry_exhausted",
+    # "permission_denied", "timeout", "unavailable"; None when ok or unclassified
+    error_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
