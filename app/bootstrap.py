@@ -9,11 +9,13 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from app.agent.tools.registry import ToolRegistry, builtin_tools
-from app.agent.turns import TurnRunner
+from app.agent.permissions import PermissionGate
+from app.agent.tools.registry import ToolRegistry, all_builtin_tools
+from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
-from app.config import Settings
+from app.config import Provider, Settings
 from app.events.store import EventStore, open_event_store
 from app.events.writer import EventWriter
 from app.http.app import create_litestar
@@ -23,9 +25,11 @@ from app.http.lifecycle import RouteDefaults
 from app.projections.db import open_read_db, read_db_path
 from app.projections.posture import BindPosture
 from app.projections.runner import ProjectionRunner
+from app.providers.anthropic import AnthropicProvider
 from app.providers.base import ChatProvider
 from app.providers.catalog import ModelCatalog
 from app.providers.local import LocalProvider
+from app.providers.openai import OpenAIProvider
 from app.telemetry import Records, log_path
 
 __all__ = ["Bind", "Runtime", "build_asgi", "is_loopback_host", "parse_addr"]
@@ -77,20 +81,33 @@ class Runtime:
     projector: ProjectionRunner
     records: Records
     providers: list[ChatProvider] = field(default_factory=list)
+    mcp: Any = None  # McpHub, imported only when [mcp] servers are configured (slow import)
     baseline: int = 0  # store head at start: reads wait for the projector to pass it
+    _tools: ToolRegistry | None = None
 
     async def start(self) -> None:
         self.baseline = await asyncio.to_thread(self.store.max_notification_id)
         self.writer.start()
         self.projector.start()
+        if self.mcp is not None:
+            await self.mcp.start()
 
     async def stop(self) -> None:
+        if self.mcp is not None:
+            await self.mcp.aclose()
         await self.writer.close()
         await self.projector.stop()
         for provider in self.providers:
             await provider.aclose()
         self.store.close()
         self.records.close()
+
+    def tools(self) -> ToolRegistry:
+        """Built-in tools plus every ready MCP tool (built once MCP servers are up)."""
+        if self._tools is None:
+            mcp_tools = self.mcp.tools() if self.mcp is not None else []
+            self._tools = ToolRegistry([*all_builtin_tools(), *mcp_tools])
+        return self._tools
 
     async def settle(self, timeout: float = 1.0) -> None:
         loop = asyncio.get_running_loop()
@@ -120,23 +137,43 @@ def build_runtime(settings: Settings, data_dir: Path) -> Runtime:
     )
 
 
+def build_provider(name: str, config: Provider) -> ChatProvider:
+    if config.type == "anthropic":
+        return AnthropicProvider(name, config)
+    return OpenAIProvider(name, config)
+
+
 def build_asgi(settings: Settings, *, data_dir: Path, bind: Bind, version: str = "0") -> BmoAsgi:
     runtime = build_runtime(settings, data_dir)
-    local = LocalProvider()
-    runtime.providers.append(local)
+    providers: dict[str, ChatProvider] = {"bmo": LocalProvider()}
+    for name, config in settings.providers.items():
+        providers[name] = build_provider(name, config)
+    runtime.providers.extend(providers.values())
+    if settings.mcp:
+        from app.agent.mcp import McpHub
+
+        runtime.mcp = McpHub(settings.mcp)
     compat = settings.options.openai_compat
-    catalog = ModelCatalog({local.name: local}, compat.models)
+    catalog = ModelCatalog(providers, compat.models)
     workspace = Path(settings.options.workspace).expanduser()
+    policy = TurnPolicy(
+        tool_policy=compat.tool_policy,
+        allowed_tools=frozenset(settings.permissions.allowed_tools),
+        max_steps=compat.max_steps,
+        show_tool_activity=compat.show_tool_activity,
+    )
+    gate = PermissionGate(runtime.executor, runtime.store, timeout_s=compat.permission_timeout_s)
     deps = HttpDeps(
         settings=settings,
         catalog=catalog,
-        turns=TurnRunner(runtime.executor, ToolRegistry(builtin_tools()), workspace, compat.max_steps),
+        turns=TurnRunner(runtime.executor, runtime.tools, workspace, policy, gate),
         read_conn=open_read_db(read_db_path(data_dir)).conn,
         persistence=runtime.writer.state,
         projector=runtime.projector,
         store=runtime.store,
         bind=bind.posture(),
         started_at=int(time.time()),
+        executor=runtime.executor,
         settle=runtime.settle,
     )
     inner = create_litestar(deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version)

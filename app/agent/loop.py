@@ -1,17 +1,24 @@
 """The agent loop: model call -> tool calls -> model call ... -> final answer.
 
-It yields what the client should see and reports every step to a
-`StepSink` (which records run events). It knows nothing about HTTP.
+It yields what the client should see and reports every step to a `StepSink`
+(which records run events). It knows nothing about HTTP or the store.
+Rails (SPEC §5): `max_steps`; one recovery prompt when the model answers
+nothing after tools (`recovery_failed` if that fails too); up to two
+continuations after `finish_reason = "length"` when the client set no limit;
+identical tool calls three times in a row are not run again; kubectl retries
+exhausted without a later success end the run `k8s_retry_failed`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.agent.tools.base import ToolContext, ToolResult
+from app.agent import guards
+from app.agent.activity import details_block
+from app.agent.tools.base import Tool, ToolContext, ToolResult
 from app.agent.tools.registry import ToolRegistry
 from app.providers.base import (
     ChatMessage,
@@ -21,24 +28,50 @@ from app.providers.base import (
     TextDelta,
     ToolCall,
     ToolCallRequested,
+    ToolSchema,
     Usage,
 )
 
-__all__ = ["AgentEvent", "Done", "StepSink", "TextChunk", "run_turn"]
+__all__ = [
+    "AgentEvent",
+    "ClientToolCalls",
+    "Done",
+    "Progress",
+    "StepSink",
+    "TextChunk",
+    "TurnSpec",
+    "run_turn",
+]
+
+Authorize = Callable[[ToolCall, Tool], Awaitable[str | None]]  # None = allowed, else the denial
 
 
 @dataclass(frozen=True, slots=True)
 class TextChunk:
     text: str
+    activity: bool = False  # a tool-activity block, not model text
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The upstream accepted a model call: a stream may now commit to 200."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientToolCalls:
+    """Calls of the client's own tools, passed through on the wire (auto_approve)."""
+
+    calls: tuple[ToolCall, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Done:
     finish_reason: str
     usage: Usage
+    outcome: str = "final_answer"
 
 
-AgentEvent = TextChunk | Done
+AgentEvent = TextChunk | Progress | ClientToolCalls | Done
 
 
 class StepSink(Protocol):
@@ -51,6 +84,10 @@ class StepSink(Protocol):
     ) -> None: ...
 
 
+async def _allow_all(_call: ToolCall, _tool: Tool) -> str | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class TurnSpec:
     provider: ChatProvider
@@ -61,55 +98,140 @@ class TurnSpec:
     max_steps: int
     max_tokens: int | None = None
     temperature: float | None = None
+    stream: bool = True
+    client_tools: tuple[ToolSchema, ...] = ()
+    show_tool_activity: bool = True
+    authorize: Authorize = _allow_all
+
+
+@dataclass(slots=True)
+class _Turn:
+    history: list[ChatMessage]
+    usage: Usage = field(default_factory=Usage)
+    continuations: int = 0
+    recovery_used: bool = False
+    after_tools: bool = False
+    k8s_failed: bool = False
+    repeats: guards.RepeatGuard = field(default_factory=guards.RepeatGuard)
+
+    def outcome(self) -> str:
+        return "k8s_retry_failed" if self.k8s_failed else "final_answer"
+
+
+@dataclass(slots=True)
+class _Reply:
+    texts: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    finished: ModelFinished = field(default_factory=lambda: ModelFinished("stop", Usage()))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
 
 
 async def run_turn(spec: TurnSpec, sink: StepSink) -> AsyncIterator[AgentEvent]:
-    history = list(spec.messages)
-    usage = Usage()
+    turn = _Turn(history=list(spec.messages))
+    client_names = {t.name for t in spec.client_tools}
     for step in range(1, spec.max_steps + 1):
-        texts: list[str] = []
-        calls: list[ToolCall] = []
-        finished = ModelFinished("stop", Usage())
-        started = time.perf_counter()
-        request = ModelRequest(
-            model=spec.model,
-            messages=tuple(history),
-            tools=spec.tools.schemas(),
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-        )
-        async for event in spec.provider.stream(request):
-            match event:
-                case TextDelta(text):
-                    texts.append(text)
-                    yield TextChunk(text)
-                case ToolCallRequested(call):
-                    calls.append(call)
-                case ModelFinished():
-                    finished = event
-        usage = usage + finished.usage
-        await sink.model_called(
-            step=step,
-            model=spec.model,
-            usage=finished.usage,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            finish_reason=finished.finish_reason,
-        )
-        if not calls:
-            yield Done(finished.finish_reason, usage)
+        reply = _Reply()
+        async for chunk in _call_model(spec, turn, reply, step, sink):
+            yield chunk
+        if reply.calls:
+            agent_calls = [c for c in reply.calls if c.name not in client_names]
+            client_calls = tuple(c for c in reply.calls if c.name in client_names)
+            turn.history.append(ChatMessage("assistant", reply.text, tool_calls=tuple(agent_calls)))
+            for call in agent_calls:
+                async for chunk in _run_tool(spec, sink, turn, step, call):
+                    yield chunk
+            if client_calls:
+                yield ClientToolCalls(client_calls)
+                yield Done("tool_calls", turn.usage, turn.outcome())
+                return
+            turn.after_tools = True
+            continue
+        if _should_continue(spec, turn, reply):
+            turn.continuations += 1
+            turn.history += [ChatMessage("assistant", reply.text), guards.continue_prompt()]
+            continue
+        if not reply.text.strip() and turn.after_tools:
+            if not turn.recovery_used:
+                turn.recovery_used = True
+                turn.history.append(guards.recovery_prompt())
+                continue
+            yield TextChunk(guards.recovery_failed_message())
+            yield Done("stop", turn.usage, "recovery_failed")
             return
-        history.append(ChatMessage("assistant", "".join(texts), tool_calls=tuple(calls)))
-        for call in calls:
-            history.append(await _call_tool(spec, sink, step, call))
-    note = f"\n\n(Stopped: the agent reached max_steps = {spec.max_steps}.)"
-    yield TextChunk(note)
-    yield Done("length", usage)
+        yield Done(reply.finished.finish_reason, turn.usage, turn.outcome())
+        return
+    yield TextChunk(f"\n\n(Stopped: the agent reached max_steps = {spec.max_steps}.)")
+    yield Done("length", turn.usage, turn.outcome())
 
 
-async def _call_tool(spec: TurnSpec, sink: StepSink, step: int, call: ToolCall) -> ChatMessage:
+def _should_continue(spec: TurnSpec, turn: _Turn, reply: _Reply) -> bool:
+    # a client's own max_tokens is a budget, not an accident: never extend it
+    return (
+        reply.finished.finish_reason == "length"
+        and spec.max_tokens is None
+        and turn.continuations < guards.MAX_CONTINUATIONS
+    )
+
+
+async def _call_model(
+    spec: TurnSpec, turn: _Turn, reply: _Reply, step: int, sink: StepSink
+) -> AsyncIterator[TextChunk | Progress]:
     started = time.perf_counter()
-    result = await spec.tools.execute(call, spec.tool_context)
+    request = ModelRequest(
+        model=spec.model,
+        messages=tuple(turn.history),
+        tools=spec.tools.schemas() + spec.client_tools,
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        stream=spec.stream,
+    )
+    accepted = False
+    async for event in spec.provider.stream(request):
+        if not accepted:
+            accepted = True
+            yield Progress()
+        match event:
+            case TextDelta(text):
+                reply.texts.append(text)
+                yield TextChunk(text)
+            case ToolCallRequested(call):
+                reply.calls.append(call)
+            case ModelFinished():
+                reply.finished = event
+    turn.usage = turn.usage + reply.finished.usage
+    await sink.model_called(
+        step=step,
+        model=spec.model,
+        usage=reply.finished.usage,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        finish_reason=reply.finished.finish_reason,
+    )
+
+
+async def _run_tool(
+    spec: TurnSpec, sink: StepSink, turn: _Turn, step: int, call: ToolCall
+) -> AsyncIterator[TextChunk]:
+    started = time.perf_counter()
+    result = await _execute(spec, turn, call)
     await sink.tool_called(
         step=step, call=call, result=result, duration_ms=(time.perf_counter() - started) * 1000
     )
-    return ChatMessage("tool", result.content, tool_call_id=call.id, name=call.name)
+    if call.name == "kubectl":
+        turn.k8s_failed = result.error_kind == "k8s_retry_exhausted"
+    if spec.show_tool_activity:
+        yield TextChunk(details_block(call, result), activity=True)
+    turn.history.append(ChatMessage("tool", result.content, tool_call_id=call.id, name=call.name))
+
+
+async def _execute(spec: TurnSpec, turn: _Turn, call: ToolCall) -> ToolResult:
+    if turn.repeats.note(call) >= guards.REPEAT_LIMIT:
+        return ToolResult(ok=False, content=guards.loop_note(call), error_kind="loop_detected")
+    tool = spec.tools.get(call.name)
+    if tool is not None:
+        denial = await spec.authorize(call, tool)
+        if denial is not None:
+            return ToolResult(ok=False, content=denial, error_kind="permission_denied")
+    return await spec.tools.execute(call, spec.tool_context)

@@ -1,57 +1,117 @@
-"""Starts a run's agent turn and records it: the seam HTTP (and later the TUI) drive."""
+"""Starts a run's agent turn and records it: the seam HTTP (and later the TUI) drive.
+
+The tool policy lives here (SPEC §5, §6): read-only tools and
+`[permissions].allowed_tools` run freely; under `chat_only` any other
+mutating tool asks an operator first; under `auto_approve` the agent's own
+tools are approved and the client's tools are offered to the model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
-from app.agent.loop import AgentEvent, TextChunk, TurnSpec, run_turn
+from app.agent.loop import AgentEvent, Progress, TextChunk, TurnSpec, run_turn
+from app.agent.permissions import Decision, PermissionGate
 from app.agent.recorder import RunRecorder
-from app.agent.tools.base import ToolContext
+from app.agent.tools.base import Tool, ToolContext
 from app.agent.tools.registry import ToolRegistry
 from app.commands import StartRun
 from app.commands.execute import Executor
-from app.providers.base import ChatMessage
+from app.providers.base import ChatMessage, ToolCall, ToolSchema
 from app.providers.catalog import ResolvedModel
 
-__all__ = ["TurnRunner"]
+__all__ = ["TurnOptions", "TurnPolicy", "TurnRunner"]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPolicy:
+    tool_policy: str  # chat_only | auto_approve
+    allowed_tools: frozenset[str]
+    max_steps: int
+    show_tool_activity: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    """Per-request knobs from the wire."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stream: bool = True
+    client_tools: tuple[ToolSchema, ...] = ()
 
 
 class TurnRunner:
-    def __init__(self, executor: Executor, tools: ToolRegistry, workspace: Path, max_steps: int) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        tools: Callable[[], ToolRegistry],
+        workspace: Path,
+        policy: TurnPolicy,
+        gate: PermissionGate,
+    ) -> None:
         self._executor = executor
-        self._tools = tools
+        self._tools = tools  # a callable: MCP tools appear once their servers are up
         self._context = ToolContext(workspace=workspace.resolve())
-        self._max_steps = max_steps
+        self._policy = policy
+        self._gate = gate
 
     async def run(
         self,
         run_id: UUID,
         model: ResolvedModel,
         messages: tuple[ChatMessage, ...],
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
+        options: TurnOptions | None = None,
     ) -> AsyncIterator[AgentEvent]:
+        options = options or TurnOptions()
         await self._executor.execute(
             StartRun(run_id=run_id, at=datetime.now(UTC), model=model.id, message_count=len(messages))
         )
         recorder = RunRecorder(self._executor, run_id)
-        spec = TurnSpec(
+        async for event in run_turn(self._spec(run_id, model, messages, options), recorder):
+            if isinstance(event, TextChunk):
+                await recorder.content(event.text)
+            elif not isinstance(event, Progress):
+                await recorder.flush()
+            yield event
+
+    def _spec(
+        self, run_id: UUID, model: ResolvedModel, messages: tuple[ChatMessage, ...], options: TurnOptions
+    ) -> TurnSpec:
+        tools = self._tools()
+        auto = self._policy.tool_policy == "auto_approve"
+        client_tools = tuple(t for t in options.client_tools if t.name not in tools) if auto else ()
+
+        async def authorize(call: ToolCall, tool: Tool) -> str | None:
+            if not tool.mutating or auto or call.name in self._policy.allowed_tools:
+                return None
+            return _denial(call, await self._gate.ask(run_id, call))
+
+        return TurnSpec(
             provider=model.provider,
             model=model.model,
             messages=messages,
-            tools=self._tools,
+            tools=tools,
             tool_context=self._context,
-            max_steps=self._max_steps,
-            max_tokens=max_tokens,
-            temperature=temperature,
+            max_steps=self._policy.max_steps,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            stream=options.stream,
+            client_tools=client_tools,
+            show_tool_activity=self._policy.show_tool_activity,
+            authorize=authorize,
         )
-        async for event in run_turn(spec, recorder):
-            if isinstance(event, TextChunk):
-                await recorder.content(event.text)
-            else:
-                await recorder.flush()
-            yield event
+
+
+def _denial(call: ToolCall, decision: Decision) -> str | None:
+    if decision.allowed:
+        return None
+    why = "no operator answered in time" if decision.decided_by == "timeout" else "an operator denied it"
+    return (
+        f"error: permission denied for {call.name}: {why}. It was not run. Do not retry it; "
+        "tell the user what you would have done and that it needs approval."
+    )

@@ -22,6 +22,8 @@ __all__ = [
     "ModelCalled",
     "ModelOverrideApplied",
     "ModelOverrideRejected",
+    "PermissionAsked",
+    "PermissionDecided",
     "RunEvent",
     "RunState",
     "Started",
@@ -102,6 +104,25 @@ class ContentAppended(DomainEvent):
 
 
 @dataclass(frozen=True)
+class PermissionAsked(DomainEvent):
+    """A mutating tool waits for an operator's answer (SPEC §5)."""
+
+    question_id: str
+    tool: str
+    call_id: str
+    arguments: str  # shown to the operator, truncated: consent needs to see what it allows
+    expires_at: str
+
+
+@dataclass(frozen=True)
+class PermissionDecided(DomainEvent):
+    question_id: str
+    decision: str  # allow | deny
+    decided_by: str  # operator | timeout | run_ended
+    requester: str
+
+
+@dataclass(frozen=True)
 class Cancelled(DomainEvent):
     reason: str
 
@@ -127,6 +148,8 @@ RunEvent = (
     | ModelCalled
     | ToolCalled
     | ContentAppended
+    | PermissionAsked
+    | PermissionDecided
     | Cancelled
     | Finished
 )
@@ -151,6 +174,8 @@ class RunState:
     steps: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    open_questions: frozenset[str] = frozenset()
+    decided_questions: frozenset[str] = frozenset()
 
     @property
     def is_open(self) -> bool:
@@ -177,6 +202,14 @@ def evolve(state: RunState, event: DomainEvent) -> RunState:
                 steps=state.steps + 1,
                 prompt_tokens=state.prompt_tokens + event.prompt_tokens,
                 completion_tokens=state.completion_tokens + event.completion_tokens,
+            )
+        case PermissionAsked():
+            return replace(state, open_questions=state.open_questions | {event.question_id})
+        case PermissionDecided():
+            return replace(
+                state,
+                open_questions=state.open_questions - {event.question_id},
+                decided_questions=state.decided_questions | {event.question_id},
             )
         case Cancelled():
             return replace(state, cancelled=True)

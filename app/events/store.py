@@ -47,8 +47,9 @@ class EventStore:
         recordings = self._app.save(*events)
         return max((r.notification.id for r in recordings), default=0)
 
-    def stream(self, stream_id: UUID) -> list[DomainEvent]:
-        return list(self._app.repository.event_store.get(stream_id))
+    def stream(self, stream_id: UUID, after_version: int = 0) -> list[DomainEvent]:
+        gt = after_version if after_version > 0 else None
+        return list(self._app.repository.event_store.get(stream_id, gt=gt))
 
     def notifications(self, after: int, limit: int) -> Sequence[Notification]:
         return self._app.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)

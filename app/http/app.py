@@ -14,6 +14,7 @@ from app.http.deps import HttpDeps
 from app.http.errors import exception_handler
 from app.http.health import HealthController
 from app.http.models import ModelsController
+from app.http.permissions import PermissionsController
 
 __all__ = ["MAX_BODY_BYTES", "create_litestar"]
 
@@ -28,7 +29,13 @@ def create_litestar(
     version: str = "0",
 ) -> Litestar:
     return Litestar(
-        route_handlers=[ChatController, ModelsController, CompatController, HealthController],
+        route_handlers=[
+            ChatController,
+            ModelsController,
+            CompatController,
+            PermissionsController,
+            HealthController,
+        ],
         state=State({"deps": deps}),
         exception_handlers={Exception: exception_handler},
         request_max_body_size=MAX_BODY_BYTES,

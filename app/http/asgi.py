@@ -76,7 +76,7 @@ class BmoAsgi:
         lifecycle = self._lifecycle(request_id, route, headers) if route else None
         scope["bmo"] = lifecycle
         scope["bmo.request_id"] = request_id
-        status = [0]
+        status = [0, 0]  # status code, body completed
         send = _tagging_send(send, request_id, status)
         if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(headers.get(b"authorization")):
             await self._refuse(send, lifecycle)
@@ -86,10 +86,18 @@ class BmoAsgi:
         try:
             await self._inner(scope, receive, send)
         finally:
-            if lifecycle is not None and not lifecycle.finished:
-                code = status[0]
-                outcome = outcome_for_status(code) if code else "cancelled"
-                await lifecycle.finish(outcome, code or 499)
+            if lifecycle is not None:
+                await self._close(lifecycle, status[0], bool(status[1]))
+
+    async def _close(self, lifecycle: RequestLifecycle, code: int, completed: bool) -> None:
+        """Finish what the handler left open, with the outcome the response implies."""
+        await lifecycle.settled()
+        if lifecycle.finished:
+            return
+        if code and completed:
+            await lifecycle.finish(outcome_for_status(code), code)
+        else:  # no response, or the body never completed: the client went away
+            await lifecycle.finish("cancelled", 499, error="client disconnected")
 
     def _lifecycle(self, request_id: str, route: str, headers: dict[bytes, bytes]) -> RequestLifecycle:
         return RequestLifecycle(
@@ -139,5 +147,7 @@ def _tagging_send(send: Send, request_id: str, status: list[int]) -> Send:
             status[0] = message["status"]
             message["headers"] = [*message.get("headers", ()), header]
         await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            status[1] = 1  # only once the last body part was handed over
 
     return tagged

@@ -26,4 +26,5 @@ class HttpDeps:
     store: Any  # EventStore: max_notification_id / check_writable (readiness only)
     bind: BindPosture
     started_at: int
+    executor: Any  # Executor: command handlers only (permission answers)
     settle: Callable[[], Awaitable[None]]  # let the projector catch up (bounded)

@@ -7,6 +7,7 @@ outcome; later finishes are no-ops (the `decide` of FinishRun agrees).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ class RequestLifecycle:
     finished: bool = False
     error: str = ""
     model: str = ""
+    closing: asyncio.Task[None] | None = None
 
     @property
     def run_id(self) -> UUID:
@@ -77,6 +79,17 @@ class RequestLifecycle:
         await self.executor.execute(
             FireRun(run_id=self.run_id, at=datetime.now(UTC), requester="", task=task, **fields)
         )
+
+    def finish_later(self, outcome: str, status_code: int, *, error: str = "") -> None:
+        """Finish from a context that must not await (a cancelled task)."""
+        if self.finished or self.closing is not None:
+            return
+        self.closing = asyncio.get_running_loop().create_task(self.finish(outcome, status_code, error=error))
+
+    async def settled(self) -> None:
+        """Wait for a `finish_later` in flight."""
+        if self.closing is not None:
+            await asyncio.gather(self.closing, return_exceptions=True)
 
     async def finish(
         self, outcome: str, status_code: int, *, error: str = "", finish_reason: str = ""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from app.errors import InvalidRequest
 from app.http.wire import ChatCompletionRequest, WireMessage
-from app.providers.base import ChatMessage, ToolCall
+from app.providers.base import ChatMessage, ToolCall, ToolSchema
 
-__all__ = ["to_chat_messages", "validate_request"]
+__all__ = ["client_tools", "to_chat_messages", "validate_request"]
 
 
 def validate_request(body: ChatCompletionRequest) -> None:
@@ -19,6 +19,28 @@ def validate_request(body: ChatCompletionRequest) -> None:
                 "A tool message must answer a tool call of an earlier assistant message.",
                 param=f"messages[{index}].tool_call_id",
             )
+
+
+def client_tools(body: ChatCompletionRequest) -> tuple[ToolSchema, ...]:
+    """The client's OpenAI function definitions (used only under auto_approve)."""
+    tools = []
+    for index, item in enumerate(body.tools or ()):
+        function = item.get("function") if isinstance(item, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(
+                "Each tool must be {'type': 'function', 'function': {'name': ...}}.",
+                param=f"tools[{index}]",
+            )
+        parameters = function.get("parameters")
+        tools.append(
+            ToolSchema(
+                name=name,
+                description=str(function.get("description") or ""),
+                parameters=parameters if isinstance(parameters, dict) else {"type": "object"},
+            )
+        )
+    return tuple(tools)
 
 
 def to_chat_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:

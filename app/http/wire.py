@@ -18,6 +18,7 @@ __all__ = [
     "ChunkChoice",
     "ContentPart",
     "Delta",
+    "DeltaToolCall",
     "ErrorBody",
     "ErrorEnvelope",
     "FunctionCall",
@@ -25,6 +26,7 @@ __all__ = [
     "ModelList",
     "ModelObject",
     "ResponseMessage",
+    "ResponseToolCall",
     "RunEventRow",
     "RunEventsPage",
     "RunRow",
@@ -86,9 +88,16 @@ class UsageWire(msgspec.Struct):
     total_tokens: int
 
 
-class ResponseMessage(msgspec.Struct, kw_only=True):
-    role: str = "assistant"
+class ResponseToolCall(msgspec.Struct):
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
+class ResponseMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    role: str
     content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class Choice(msgspec.Struct):
@@ -107,9 +116,17 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     usage: UsageWire
 
 
+class DeltaToolCall(msgspec.Struct):
+    index: int
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
 class Delta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(msgspec.Struct):

@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlite_utils
 
 from app.projections.counts import COUNTS_SCHEMA
+from app.projections.permissions import PERMISSIONS_SCHEMA
 from app.projections.runs import RUNS_SCHEMA
 
 __all__ = ["TRACKING_SCHEMA", "open_read_db", "read_db_path", "reset_read_models"]
@@ -34,7 +35,7 @@ def open_read_db(path: Path) -> sqlite_utils.Database:
     db = sqlite_utils.Database(conn)
     db.enable_wal()
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(RUNS_SCHEMA + COUNTS_SCHEMA + TRACKING_SCHEMA)
+    conn.executescript(RUNS_SCHEMA + COUNTS_SCHEMA + PERMISSIONS_SCHEMA + TRACKING_SCHEMA)
     return db
 
 

@@ -6,7 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Increment", "Insert", "RowOp", "Update", "apply_ops"]
+__all__ = ["Increment", "Insert", "RowOp", "Update", "UpdateWhere", "apply_ops"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,14 @@ class Increment:
     column: str = "count"
 
 
-RowOp = Insert | Update | Increment
+@dataclass(frozen=True, slots=True)
+class UpdateWhere:
+    table: str
+    where: tuple[tuple[str, Any], ...]  # column = value, all must hold
+    values: dict[str, Any]
+
+
+RowOp = Insert | Update | UpdateWhere | Increment
 
 
 def apply_ops(conn: sqlite3.Connection, ops: list[RowOp]) -> None:
@@ -43,6 +50,13 @@ def apply_ops(conn: sqlite3.Connection, ops: list[RowOp]) -> None:
             case Update(table, (key_col, key), values):
                 sets = ", ".join(f"{c} = ?" for c in values)
                 conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", (*values.values(), key))
+            case UpdateWhere(table, where, values):
+                sets = ", ".join(f"{c} = ?" for c in values)
+                conds = " AND ".join(f"{c} = ?" for c, _ in where)
+                conn.execute(
+                    f"UPDATE {table} SET {sets} WHERE {conds}",
+                    (*values.values(), *(v for _, v in where)),
+                )
             case Increment(table, (key_col, key), column):
                 conn.execute(
                     f"INSERT INTO {table} ({key_col}, {column}) VALUES (?, 1) "

@@ -20,7 +20,7 @@ from typing import Any
 from eventsourcing.domain import DomainEvent
 
 from app.events.store import EventStore
-from app.projections import counts, runs
+from app.projections import counts, permissions, runs
 from app.projections.db import open_read_db
 from app.projections.rows import RowOp, apply_ops
 
@@ -28,7 +28,7 @@ __all__ = ["ProjectionRunner", "project_all"]
 
 NAME = "openai_compat"
 Projector = Callable[[DomainEvent, int], list[RowOp]]
-_PROJECTORS: tuple[Projector, ...] = (runs.project, counts.project)
+_PROJECTORS: tuple[Projector, ...] = (runs.project, counts.project, permissions.project)
 
 log = logging.getLogger(__name__)
 

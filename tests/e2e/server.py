@@ -29,6 +29,7 @@ class BmoServer:
     token: str | None = "test-token-0123456789"
     extra_args: tuple[str, ...] = ()
     config_text: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     stderr_path: Path | None = None
@@ -50,6 +51,9 @@ class BmoServer:
         env.pop("BMO_AUTH_TOKEN", None)
         env["BMO_GLOBAL_DATA"] = str(self.data_dir)
         env["BMO_GLOBAL_CONFIG"] = str(self.data_dir.parent / "global-config")
+        env["KUBECONFIG"] = str(self.data_dir.parent / "no-kubeconfig")  # never a real cluster
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # test MCP servers import tests.*
+        env.update(self.extra_env)
         return env
 
     def command(self) -> list[str]:

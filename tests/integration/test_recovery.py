@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
 
-from app.commands import fire_run, finish_run
+from app.commands import finish_run, fire_run
 from app.commands.finish_run import FinishRun
 from app.commands.fire_run import FireRun
 from app.events.run import RunState, evolve

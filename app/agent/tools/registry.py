@@ -8,12 +8,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
+from app.agent.tools.bash import Bash
+from app.agent.tools.edit_file import EditFile
+from app.agent.tools.kubectl import Kubectl
 from app.agent.tools.list_dir import ListDir
 from app.agent.tools.read_file import ReadFile
 from app.agent.tools.search import Search
+from app.agent.tools.web_fetch import WebFetch
+from app.agent.tools.write_file import WriteFile
 from app.providers.base import ToolCall, ToolSchema
 
-__all__ = ["ToolRegistry", "builtin_tools"]
+__all__ = ["ToolRegistry", "all_builtin_tools", "builtin_tools"]
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +26,11 @@ log = logging.getLogger(__name__)
 def builtin_tools() -> list[Tool]:
     """Fresh instances of the read-only built-in tools."""
     return [ReadFile(), ListDir(), Search()]
+
+
+def all_builtin_tools() -> list[Tool]:
+    """Fresh instances of every built-in tool, read-only and mutating, with defaults."""
+    return [*builtin_tools(), WriteFile(), EditFile(), Bash(), WebFetch(), Kubectl()]
 
 
 class ToolRegistry:
