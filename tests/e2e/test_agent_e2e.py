@@ -375,3 +375,34 @@ def test_a_cancelled_stream_kills_the_tool_process(
             break
         time.sleep(0.1)
     assert run["outcome"] == "cancelled"
+
+
+def mcp_config(upstream: FakeOpenAI) -> str:
+    return config(upstream) + (
+        '\n[mcp.fake]\ntype = "stdio"\ncommand = "python"\nargs = ["-m", "tests.fakes.mcp_server"]\n'
+        'timeout = 10\ndisabled_tools = ["slow"]\n'
+    )
+
+
+def test_the_agent_calls_a_real_mcp_server_tool(make_server: Callable[..., BmoServer], upstream: FakeOpenAI) -> None:
+    server = make_server(config_text=mcp_config(upstream))
+    upstream.script(ToolCalls([("m1", "mcp__fake__echo", '{"text": "hello from mcp"}')]), Text("Echoed."))
+    assert ask(server, "echo via mcp").choices[0].message.content.endswith("Echoed.")
+    offered = {t["function"]["name"] for t in upstream.requests[0]["body"]["tools"]}
+    assert {"mcp__fake__echo", "mcp__fake__add", "mcp__fake__crash"} <= offered
+    assert "mcp__fake__slow" not in offered  # disabled_tools
+    assert tool_messages(upstream.requests[1])[0]["content"] == "hello from mcp"
+
+
+def test_a_crashed_mcp_server_is_a_clear_tool_error(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI
+) -> None:
+    allow = '\n[permissions]\nallowed_tools = ["mcp__fake__crash"]\n'  # a mutating MCP tool
+    server = make_server(config_text=mcp_config(upstream) + allow)
+    upstream.script(ToolCalls([("m1", "mcp__fake__crash", "{}")]), Text("The tool server died."))
+    started = time.monotonic()
+    completion = ask(server, "crash it")
+    assert time.monotonic() - started < 10  # never a hung run
+    assert completion.choices[0].message.content.endswith("The tool server died.")
+    result = tool_messages(upstream.requests[1])[0]["content"]
+    assert result.startswith("error:") and "fake" in result and "unavailable" in result
