@@ -406,3 +406,12 @@ def test_a_crashed_mcp_server_is_a_clear_tool_error(
     assert completion.choices[0].message.content.endswith("The tool server died.")
     result = tool_messages(upstream.requests[1])[0]["content"]
     assert result.startswith("error:") and "fake" in result and "unavailable" in result
+
+
+def test_bmo_local_runs_a_shell_command_through_the_real_bash_tool(make_server: Callable[..., BmoServer]) -> None:
+    server = make_server(config_text='[options.openai_compat]\ntool_policy = "auto_approve"\n')
+    completion = sdk(server).chat.completions.create(
+        model="bmo/local", messages=[{"role": "user", "content": "run `echo hello-from-bash`"}]
+    )
+    content = completion.choices[0].message.content or ""
+    assert "hello-from-bash" in content and "exit code 0" in content.lower().replace("status", "code")
