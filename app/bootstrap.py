@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.agent.lifecycle import RouteDefaults
 from app.agent.permissions import PermissionGate
+from app.agent.sessions import SessionService
 from app.agent.tools.registry import ToolRegistry, all_builtin_tools
 from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
@@ -21,7 +23,7 @@ from app.events.writer import EventWriter
 from app.http.app import create_litestar
 from app.http.asgi import BmoAsgi, TokenCheck
 from app.http.deps import HttpDeps
-from app.http.lifecycle import RouteDefaults
+from app.http.identity import TrustedProxies
 from app.projections.db import open_read_db, read_db_path
 from app.projections.posture import BindPosture
 from app.projections.runner import ProjectionRunner
@@ -82,6 +84,7 @@ class Runtime:
     records: Records
     providers: list[ChatProvider] = field(default_factory=list)
     mcp: Any = None  # McpHub, imported only when [mcp] servers are configured (slow import)
+    sessions: SessionService | None = None
     baseline: int = 0  # store head at start: reads wait for the projector to pass it
     _tools: ToolRegistry | None = None
 
@@ -93,6 +96,8 @@ class Runtime:
             await self.mcp.start()
 
     async def stop(self) -> None:
+        if self.sessions is not None:
+            await self.sessions.aclose()  # deferred runs end `cancelled`; recovery frees their sessions
         if self.mcp is not None:
             await self.mcp.aclose()
         await self.writer.close()
@@ -143,7 +148,14 @@ def build_provider(name: str, config: Provider) -> ChatProvider:
     return OpenAIProvider(name, config)
 
 
-def build_asgi(settings: Settings, *, data_dir: Path, bind: Bind, version: str = "0") -> BmoAsgi:
+def build_asgi(
+    settings: Settings,
+    *,
+    data_dir: Path,
+    bind: Bind,
+    version: str = "0",
+    proxies: TrustedProxies | None = None,
+) -> BmoAsgi:
     runtime = build_runtime(settings, data_dir)
     providers: dict[str, ChatProvider] = {"bmo": LocalProvider()}
     for name, config in settings.providers.items():
@@ -163,10 +175,25 @@ def build_asgi(settings: Settings, *, data_dir: Path, bind: Bind, version: str =
         show_tool_activity=compat.show_tool_activity,
     )
     gate = PermissionGate(runtime.executor, runtime.store, timeout_s=compat.permission_timeout_s)
+    turns = TurnRunner(runtime.executor, runtime.tools, workspace, policy, gate)
+    defaults = RouteDefaults(
+        tool_policy=compat.tool_policy,
+        ambiguity_action=compat.ambiguity_action,
+        default_model=settings.options.model,
+    )
+    runtime.sessions = SessionService(
+        executor=runtime.executor,
+        store=runtime.store,
+        turns=turns,
+        catalog=catalog,
+        records=runtime.records,
+        defaults=defaults,
+        max_queue_depth=compat.max_queue_depth,
+    )
     deps = HttpDeps(
         settings=settings,
         catalog=catalog,
-        turns=TurnRunner(runtime.executor, runtime.tools, workspace, policy, gate),
+        turns=turns,
         read_conn=open_read_db(read_db_path(data_dir)).conn,
         persistence=runtime.writer.state,
         projector=runtime.projector,
@@ -174,6 +201,7 @@ def build_asgi(settings: Settings, *, data_dir: Path, bind: Bind, version: str =
         bind=bind.posture(),
         started_at=int(time.time()),
         executor=runtime.executor,
+        sessions=runtime.sessions,
         settle=runtime.settle,
     )
     inner = create_litestar(deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version)
@@ -182,9 +210,7 @@ def build_asgi(settings: Settings, *, data_dir: Path, bind: Bind, version: str =
         tokens=TokenCheck(bind.token),
         executor=runtime.executor,
         records=runtime.records,
-        defaults=RouteDefaults(
-            tool_policy=compat.tool_policy,
-            ambiguity_action=compat.ambiguity_action,
-            default_model=settings.options.model,
-        ),
+        defaults=defaults,
+        session_fallbacks=compat.session_header_fallbacks,
+        proxies=proxies,
     )

@@ -75,6 +75,7 @@ class OpenAICompat(_Config):
     session_header_fallbacks: tuple[str, ...] = ("X-OpenWebUI-Chat-Id",)
     max_steps: Annotated[int, msgspec.Meta(ge=1)] = 25
     task_header: str | None = None
+    router_model: str | None = None  # model id for the model-based ambiguity classifier
 
 
 class Otel(_Config):

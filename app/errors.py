@@ -21,6 +21,7 @@ __all__ = [
     "ProviderTimeout",
     "RateLimited",
     "ServiceUnavailable",
+    "SessionBusy",
     "Unauthorized",
     "UnsupportedMediaType",
 ]
@@ -39,6 +40,7 @@ class BmoError(Exception):
         code: str | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        outcome: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -46,6 +48,7 @@ class BmoError(Exception):
         self.code = code if code is not None else self.default_code
         self.extra = extra or {}
         self.headers = headers or {}
+        self.outcome = outcome  # the ledger outcome, when the status alone does not say it
 
 
 class InvalidRequest(BmoError):
@@ -74,6 +77,14 @@ class MethodNotAllowed(BmoError):
 class Conflict(BmoError):
     status = 409
     type = "conflict_error"
+
+
+class SessionBusy(BmoError):
+    """The session runs another request; this one was queued (SPEC §7)."""
+
+    status = 409
+    type = "session_busy"
+    default_code = "queued"
 
 
 class PayloadTooLarge(BmoError):

@@ -9,14 +9,16 @@ tools are approved and the client's tools are offered to the model.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
-from app.agent.loop import AgentEvent, Progress, TextChunk, TurnSpec, run_turn
+from app.agent.loop import AgentEvent, ClientToolCalls, Progress, TextChunk, TurnSpec, run_turn
 from app.agent.permissions import Decision, PermissionGate
 from app.agent.recorder import RunRecorder
+from app.agent.router import RESEARCH_PROMPT
 from app.agent.tools.base import Tool, ToolContext
 from app.agent.tools.registry import ToolRegistry
 from app.commands import StartRun
@@ -24,7 +26,7 @@ from app.commands.execute import Executor
 from app.providers.base import ChatMessage, ToolCall, ToolSchema
 from app.providers.catalog import ResolvedModel
 
-__all__ = ["TurnOptions", "TurnPolicy", "TurnRunner"]
+__all__ = ["TurnOptions", "TurnPolicy", "TurnResult", "TurnRunner"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +39,29 @@ class TurnPolicy:
 
 @dataclass(frozen=True, slots=True)
 class TurnOptions:
-    """Per-request knobs from the wire."""
+    """Per-request knobs from the wire (plain data: a queued run stores them)."""
 
     max_tokens: int | None = None
     temperature: float | None = None
     stream: bool = True
     client_tools: tuple[ToolSchema, ...] = ()
+    mode: str = "code"  # code: every tool | research: read-only tools and a research prompt
+
+
+@dataclass(slots=True)
+class TurnResult:
+    """What the turn said, for the session transcript."""
+
+    texts: list[str] = field(default_factory=list)
+    client_calls: tuple[ToolCall, ...] = ()
+
+    def answer(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.texts)}
+        if self.client_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in self.client_calls
+            ]
+        return message
 
 
 class TurnRunner:
@@ -66,8 +85,10 @@ class TurnRunner:
         model: ResolvedModel,
         messages: tuple[ChatMessage, ...],
         options: TurnOptions | None = None,
+        result: TurnResult | None = None,
     ) -> AsyncIterator[AgentEvent]:
         options = options or TurnOptions()
+        result = result if result is not None else TurnResult()
         await self._executor.execute(
             StartRun(run_id=run_id, at=datetime.now(UTC), model=model.id, message_count=len(messages))
         )
@@ -75,6 +96,11 @@ class TurnRunner:
         async for event in run_turn(self._spec(run_id, model, messages, options), recorder):
             if isinstance(event, TextChunk):
                 await recorder.content(event.text)
+                if not event.activity:
+                    result.texts.append(event.text)
+            elif isinstance(event, ClientToolCalls):
+                result.client_calls = event.calls
+                await recorder.flush()
             elif not isinstance(event, Progress):
                 await recorder.flush()
             yield event
@@ -83,6 +109,9 @@ class TurnRunner:
         self, run_id: UUID, model: ResolvedModel, messages: tuple[ChatMessage, ...], options: TurnOptions
     ) -> TurnSpec:
         tools = self._tools()
+        if options.mode == "research":  # investigate, change nothing
+            tools = tools.read_only()
+            messages = (ChatMessage("system", RESEARCH_PROMPT), *messages)
         auto = self._policy.tool_policy == "auto_approve"
         client_tools = tuple(t for t in options.client_tools if t.name not in tools) if auto else ()
 

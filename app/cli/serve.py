@@ -10,8 +10,9 @@ from typing import Annotated
 from cyclopts import Parameter
 
 from app.bootstrap import is_loopback_host, parse_addr
-from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_TOKEN
+from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROXIES, ENV_TOKEN
 from app.config import ConfigError, Settings, data_dir, load_settings
+from app.http.identity import TrustedProxies
 
 __all__ = ["BindDecision", "decide_bind", "serve"]
 
@@ -70,6 +71,7 @@ def serve(
     try:
         settings = load_settings(cwd=cwd, env=env, extra=config)
         bind = decide_bind(settings, addr=addr, token=auth_token, allow_no_auth=allow_no_auth, env=env)
+        TrustedProxies.parse(env.get(ENV_PROXIES))  # refuse to start on a bad entry
     except (ConfigError, ValueError) as exc:
         print(f"bmo serve: {exc}", file=sys.stderr)
         return 2

@@ -12,13 +12,15 @@ from pathlib import Path
 from app.bootstrap import Bind, build_asgi, parse_addr
 from app.config import data_dir, load_settings
 from app.http.asgi import BmoAsgi
+from app.http.identity import TrustedProxies
 
-__all__ = ["ENV_ADDR", "ENV_CONFIG", "ENV_CWD", "asgi"]
+__all__ = ["ENV_ADDR", "ENV_CONFIG", "ENV_CWD", "ENV_PROXIES", "ENV_TOKEN", "asgi"]
 
 ENV_CONFIG = "BMO_SERVE_CONFIG"
 ENV_ADDR = "BMO_SERVE_ADDR"
 ENV_CWD = "BMO_SERVE_CWD"
 ENV_TOKEN = "BMO_AUTH_TOKEN"
+ENV_PROXIES = "BMO_REQUESTER_TRUSTED_PROXIES"
 
 
 def asgi() -> BmoAsgi:
@@ -35,4 +37,5 @@ def asgi() -> BmoAsgi:
         data_dir=data_dir(env),
         bind=Bind(host=host, port=port, token=token),
         version=version("bmo"),
+        proxies=TrustedProxies.parse(env.get(ENV_PROXIES)),
     )

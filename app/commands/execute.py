@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -21,54 +22,93 @@ from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import IntegrityError
 
 from app.commands import (
+    admit_run,
     append_content,
     ask_permission,
     cancel_run,
     decide_permission,
+    drop_queued_run,
     finish_run,
     fire_run,
+    note_run,
+    note_turn,
+    queue_run,
     record_model_call,
     record_tool_call,
+    release_run,
     start_run,
 )
 from app.commands.base import RunCommand
-from app.events.run import RunState, evolve, fold
+from app.commands.session_base import SessionCommand
+from app.events import run as run_stream
+from app.events import session as session_stream
 from app.events.store import EventStore
 from app.events.writer import EventWriter
 
-__all__ = ["Executor"]
+__all__ = ["Command", "Executor"]
 
 log = logging.getLogger(__name__)
-Decider = Callable[[RunState, Any], tuple[DomainEvent, ...]]
+Command = RunCommand | SessionCommand
+Decider = Callable[[Any, Any], tuple[DomainEvent, ...]]
 
-_DECIDERS: dict[type[RunCommand], Decider] = {
-    fire_run.FireRun: fire_run.decide,
-    start_run.StartRun: start_run.decide,
-    record_model_call.RecordModelCall: record_model_call.decide,
-    record_tool_call.RecordToolCall: record_tool_call.decide,
-    append_content.AppendContent: append_content.decide,
-    ask_permission.AskPermission: ask_permission.decide,
-    decide_permission.DecidePermission: decide_permission.decide,
-    cancel_run.CancelRun: cancel_run.decide,
-    finish_run.FinishRun: finish_run.decide,
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How to fold a kind of stream, and whether its state may be cached in memory."""
+
+    initial: Callable[[UUID], Any]
+    evolve: Callable[[Any, DomainEvent], Any]
+    cache: bool
+
+
+# Runs have one writer (their request) and are cached; sessions are shared by
+# every process, so they are always loaded fresh (optimistic concurrency).
+_RUN = _Kind(lambda i: run_stream.RunState(run_id=i), run_stream.evolve, cache=True)
+_SESSION = _Kind(lambda i: session_stream.SessionState(stream_id=i), session_stream.evolve, cache=False)
+
+_DECIDERS: dict[type[Command], tuple[Decider, _Kind]] = {
+    fire_run.FireRun: (fire_run.decide, _RUN),
+    start_run.StartRun: (start_run.decide, _RUN),
+    record_model_call.RecordModelCall: (record_model_call.decide, _RUN),
+    record_tool_call.RecordToolCall: (record_tool_call.decide, _RUN),
+    append_content.AppendContent: (append_content.decide, _RUN),
+    ask_permission.AskPermission: (ask_permission.decide, _RUN),
+    decide_permission.DecidePermission: (decide_permission.decide, _RUN),
+    cancel_run.CancelRun: (cancel_run.decide, _RUN),
+    finish_run.FinishRun: (finish_run.decide, _RUN),
+    queue_run.QueueRun: (queue_run.decide, _RUN),
+    note_run.MarkResumed: (note_run.decide_resumed, _RUN),
+    note_run.IgnoreRequester: (note_run.decide_ignore, _RUN),
+    note_run.ApplyModelOverride: (note_run.decide_override, _RUN),
+    admit_run.AdmitRun: (admit_run.decide, _SESSION),
+    release_run.ReleaseRun: (release_run.decide, _SESSION),
+    drop_queued_run.DropQueuedRun: (drop_queued_run.decide, _SESSION),
+    note_turn.NoteTurn: (note_turn.decide, _SESSION),
 }
 MAX_ATTEMPTS = 5
+
+
+def stream_of(cmd: Command) -> UUID:
+    return cmd.run_id if isinstance(cmd, RunCommand) else cmd.stream_id
 
 
 class Executor:
     def __init__(self, store: EventStore, writer: EventWriter) -> None:
         self._store = store
         self._writer = writer
-        self._live: dict[UUID, RunState] = {}
+        self._live: dict[UUID, run_stream.RunState] = {}
         self._retries: set[asyncio.Task[Any]] = set()
 
-    async def execute(self, cmd: RunCommand, *, durable: bool = False) -> tuple[DomainEvent, ...]:
+    async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
+        decide, kind = _DECIDERS[type(cmd)]
+        stream_id = stream_of(cmd)
         for _attempt in range(MAX_ATTEMPTS):
-            state = await self._state(cmd)
-            events = _DECIDERS[type(cmd)](state, cmd)
+            state = await self._state(stream_id, kind, fresh=isinstance(cmd, fire_run.FireRun))
+            events = decide(state, cmd)
             if not events:
                 return events
-            self._remember(state, events)
+            if kind.cache:
+                self._remember(state, events)
             done = self._writer.submit(events)
             if not durable:
                 done.add_done_callback(lambda f, c=cmd: self._on_saved(f, c))
@@ -77,47 +117,52 @@ class Executor:
                 await done
                 return events
             except IntegrityError:
-                self.forget(cmd.run_id)  # stale: reload and decide again
-        raise IntegrityError(f"stream {cmd.run_id} kept changing under {type(cmd).__name__}")
+                self.forget(stream_id)  # stale: reload and decide again
+        raise IntegrityError(f"stream {stream_id} kept changing under {type(cmd).__name__}")
 
-    async def state_of(self, run_id: UUID) -> RunState:
-        """The current state, reloaded from the store (for cross-process readers)."""
+    async def state_of(self, run_id: UUID) -> run_stream.RunState:
+        """A run's current state, reloaded from the store (for cross-process readers)."""
         self.forget(run_id)
-        events = await asyncio.to_thread(self._store.stream, run_id)
-        return fold(run_id, events)
+        return await self._state(run_id, _RUN)
+
+    async def session_state(self, stream_id: UUID) -> session_stream.SessionState:
+        return await self._state(stream_id, _SESSION)
 
     def forget(self, run_id: UUID) -> None:
         self._live.pop(run_id, None)
 
-    def live_runs(self) -> list[RunState]:
+    def live_runs(self) -> list[run_stream.RunState]:
         return list(self._live.values())
 
-    def _on_saved(self, done: asyncio.Future[int], cmd: RunCommand) -> None:
+    def _on_saved(self, done: asyncio.Future[int], cmd: Command) -> None:
         if done.cancelled() or not isinstance(done.exception(), IntegrityError):
             return
-        self.forget(cmd.run_id)
+        self.forget(stream_of(cmd))
         task = asyncio.get_running_loop().create_task(self._redo(cmd))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
-    async def _redo(self, cmd: RunCommand) -> None:
+    async def _redo(self, cmd: Command) -> None:
         try:
             await self.execute(cmd, durable=True)
         except Exception:  # logged; the writer's degraded flag covers store failures
             log.exception("re-deciding %s after a conflict failed", type(cmd).__name__)
 
-    async def _state(self, cmd: RunCommand) -> RunState:
-        state = self._live.get(cmd.run_id)
+    async def _state(self, stream_id: UUID, kind: _Kind, *, fresh: bool = False) -> Any:
+        state = self._live.get(stream_id) if kind.cache else None
         if state is not None:
             return state
-        if isinstance(cmd, fire_run.FireRun):
-            return RunState(run_id=cmd.run_id)
-        events = await asyncio.to_thread(self._store.stream, cmd.run_id)
-        return fold(cmd.run_id, events)
-
-    def _remember(self, state: RunState, events: tuple[DomainEvent, ...]) -> None:
+        if fresh:  # a stream being opened has no history worth reading
+            return kind.initial(stream_id)
+        events = await asyncio.to_thread(self._store.stream, stream_id)
+        state = kind.initial(stream_id)
         for event in events:
-            state = evolve(state, event)
+            state = kind.evolve(state, event)
+        return state
+
+    def _remember(self, state: run_stream.RunState, events: tuple[DomainEvent, ...]) -> None:
+        for event in events:
+            state = run_stream.evolve(state, event)
         if state.finished:
             self._live.pop(state.run_id, None)
         else:

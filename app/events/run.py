@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
@@ -24,6 +25,9 @@ __all__ = [
     "ModelOverrideRejected",
     "PermissionAsked",
     "PermissionDecided",
+    "Queued",
+    "RequesterIgnored",
+    "Resumed",
     "RunEvent",
     "RunState",
     "Started",
@@ -53,6 +57,32 @@ class Fired(DomainEvent):
     client_ua: str
     requester: str
     task: str
+
+
+@dataclass(frozen=True)
+class RequesterIgnored(DomainEvent):
+    """Identity headers came from a peer that is not a trusted proxy."""
+
+    peer: str
+    headers: list[str]
+
+
+@dataclass(frozen=True)
+class Queued(DomainEvent):
+    """A deferred run waits in its session's queue, with everything it needs to start."""
+
+    session_id: str
+    position: int
+    by_request: str  # the request that was answered 409
+    messages: list[dict[str, Any]]  # the new turn
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resumed(DomainEvent):
+    """This request streams another run's events (X-BMO-Resume-Run-Id)."""
+
+    resumed_run: str
 
 
 @dataclass(frozen=True)
@@ -142,6 +172,9 @@ class Finished(DomainEvent):
 
 RunEvent = (
     Fired
+    | RequesterIgnored
+    | Queued
+    | Resumed
     | ModelOverrideApplied
     | ModelOverrideRejected
     | Started
@@ -174,6 +207,7 @@ class RunState:
     steps: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    queued: bool = False
     open_questions: frozenset[str] = frozenset()
     decided_questions: frozenset[str] = frozenset()
 
@@ -194,6 +228,8 @@ def evolve(state: RunState, event: DomainEvent) -> RunState:
                 model=event.model,
                 fired_at=event.timestamp,
             )
+        case Queued():
+            return replace(state, queued=True)
         case Started():
             return replace(state, started=True, model=event.model)
         case ModelCalled():

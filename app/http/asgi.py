@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from app.agent.lifecycle import RequestLifecycle, RouteDefaults
 from app.commands.execute import Executor
 from app.errors import Unauthorized
 from app.http.errors import envelope_bytes, outcome_for_status
-from app.http.lifecycle import RequestLifecycle, RouteDefaults
+from app.http.identity import TrustedProxies, identify
 from app.http.routes import UNPROTECTED_PATHS, route_name
 from app.telemetry import Records
 
@@ -29,6 +31,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SELF_FIRING_ROUTES = frozenset({"chat_completions"})  # they fire once the body is read
+SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class TokenCheck:
@@ -59,12 +62,16 @@ class BmoAsgi:
         executor: Executor,
         records: Records,
         defaults: RouteDefaults,
+        session_fallbacks: tuple[str, ...] = (),
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self._inner = inner
         self._tokens = tokens
         self._executor = executor
         self._records = records
         self._defaults = defaults
+        self._fallbacks = tuple(h.lower().encode("latin-1") for h in session_fallbacks)
+        self._proxies = proxies or TrustedProxies.parse(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,7 +80,7 @@ class BmoAsgi:
         request_id = uuid.uuid4().hex
         headers = _headers(scope)
         route = route_name(scope["path"])
-        lifecycle = self._lifecycle(request_id, route, headers) if route else None
+        lifecycle = self._lifecycle(request_id, route, headers, scope) if route else None
         scope["bmo"] = lifecycle
         scope["bmo.request_id"] = request_id
         status = [0, 0]  # status code, body completed
@@ -95,20 +102,39 @@ class BmoAsgi:
         if lifecycle.finished:
             return
         if code and completed:
-            await lifecycle.finish(outcome_for_status(code), code)
+            await lifecycle.finish(lifecycle.forced_outcome or outcome_for_status(code), code)
         else:  # no response, or the body never completed: the client went away
             await lifecycle.finish("cancelled", 499, error="client disconnected")
 
-    def _lifecycle(self, request_id: str, route: str, headers: dict[bytes, bytes]) -> RequestLifecycle:
+    def _lifecycle(
+        self, request_id: str, route: str, headers: dict[bytes, bytes], scope: Scope
+    ) -> RequestLifecycle:
+        client = scope.get("client")
+        peer = str(client[0]) if client else ""
+        identity = identify(headers, peer or None, self._proxies)
         return RequestLifecycle(
             request_id=request_id,
             route=route,
-            session_id=_text(headers.get(b"x-bmo-session-id"))[:128],
+            session_id=self._session_id(headers),
             client_ua=_text(headers.get(b"user-agent")),
             defaults=self._defaults,
             executor=self._executor,
             records=self._records,
+            requester=identity.requester.label() if identity.requester else "",
+            peer=peer,
+            ignored_identity=identity.ignored,
         )
+
+    def _session_id(self, headers: dict[bytes, bytes]) -> str:
+        """X-BMO-Session-Id (validated by the chat route), else the first valid fallback header."""
+        own = headers.get(b"x-bmo-session-id")
+        if own is not None:
+            return _text(own)[:256]
+        for name in self._fallbacks:
+            value = _text(headers.get(name))
+            if value and SESSION_ID.fullmatch(value):
+                return value
+        return ""
 
     async def _refuse(self, send: Send, lifecycle: RequestLifecycle | None) -> None:
         error = Unauthorized("Missing or invalid bearer token.")

@@ -1,48 +1,49 @@
-"""POST /v1/chat/completions: wire in, agent turn, JSON or SSE out."""
+"""POST /v1/chat/completions: the flow of one chat request.
+
+Order: tasks (Open WebUI background jobs) → resume → model binding and
+override policy → ambiguity router → session admission (run, or queue and
+409) → the agent turn, rendered as JSON or SSE.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.response import Stream
 
-from app.agent.loop import AgentEvent, ClientToolCalls, Done, TextChunk
-from app.agent.turns import TurnOptions
-from app.errors import InvalidRequest, NotFound
-from app.http import sse
+from app.agent import router
+from app.agent.lifecycle import RequestLifecycle
+from app.agent.replay import replay_run
+from app.agent.sessions import Admission
+from app.agent.task_answer import answer_task
+from app.agent.tasks import detect_task
+from app.agent.transcript import history_for, message_to_dict, options_to_dict, split_turn
+from app.agent.turns import TurnOptions, TurnResult
+from app.commands import AppendContent, RecordModelCall
+from app.commands.admit_run import SessionQueueFull
+from app.commands.note_run import ApplyModelOverride, MarkResumed
+from app.commands.note_turn import NoteTurn
+from app.errors import InvalidRequest, NotFound, RateLimited, SessionBusy
+from app.events.run import Fired
+from app.events.session import session_uuid
+from app.http import chat_render
 from app.http.deps import HttpDeps
-from app.http.errors import envelope, to_bmo_error
-from app.http.lifecycle import RequestLifecycle
 from app.http.messages import client_tools, to_chat_messages, validate_request
-from app.http.wire import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Choice,
-    ChunkChoice,
-    Delta,
-    DeltaToolCall,
-    ErrorEnvelope,
-    FunctionCall,
-    ResponseMessage,
-    ResponseToolCall,
-    UsageWire,
-)
-from app.providers.base import ToolCall, Usage
+from app.http.wire import ChatCompletionRequest, ErrorEnvelope
+from app.providers.base import ChatMessage
 from app.providers.catalog import ResolvedModel
 
 __all__ = ["ChatController"]
 
 SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-KEEP_ALIVE_S = 15.0
+RUN_ID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F-]{36}")
+RETRY_AFTER_S = "2"
 
 
 class ChatController(Controller):
@@ -53,12 +54,12 @@ class ChatController(Controller):
         status_code=200,
         summary="Create a chat completion (JSON, or SSE when stream is true)",
         responses={
-            200: ResponseSpec(
-                ChatCompletion, description="chat.completion, or an SSE stream of chat.completion.chunk"
-            ),
-            400: ResponseSpec(ErrorEnvelope, description="invalid request"),
+            200: ResponseSpec(chat_render.ChatCompletion, description="chat.completion, or an SSE stream"),
+            400: ResponseSpec(ErrorEnvelope, description="invalid request, unknown model, override rejected"),
             401: ResponseSpec(ErrorEnvelope, description="missing or wrong bearer token"),
-            404: ResponseSpec(ErrorEnvelope, description="chat disabled"),
+            404: ResponseSpec(ErrorEnvelope, description="chat disabled, or resumed run not found"),
+            409: ResponseSpec(ErrorEnvelope, description="session busy: the request was queued"),
+            429: ResponseSpec(ErrorEnvelope, description="session queue full"),
         },
     )
     async def create(
@@ -66,45 +67,30 @@ class ChatController(Controller):
     ) -> Response[Any]:
         deps: HttpDeps = state.deps
         lifecycle: RequestLifecycle = request.scope["bmo"]  # type: ignore[typeddict-item]
-        if not deps.settings.options.openai_compat.enabled:
+        compat = deps.settings.options.openai_compat
+        if not compat.enabled:
             raise NotFound(
                 "The OpenAI-compatible chat API is disabled ([options.openai_compat] enabled = false)."
             )
-        stream = bool(data.stream)
-        model_id = data.model or deps.settings.options.model
-        await lifecycle.fire(model=model_id, stream=stream)
-        _check_session_header(lifecycle.session_id)
         validate_request(data)
-        model = _resolve(deps, model_id)
-        options = TurnOptions(
-            max_tokens=data.max_completion_tokens or data.max_tokens,
-            temperature=data.temperature,
-            stream=stream,
-            client_tools=client_tools(data),
+        messages = to_chat_messages(data)
+        task = detect_task(
+            header_value=request.headers.get(compat.task_header or "X-OpenWebUI-Task"),
+            stream=bool(data.stream),
+            messages=messages,
         )
-        events = deps.turns.run(lifecycle.run_id, model, to_chat_messages(data), options)
-        first = await anext(events)  # an early failure becomes a JSON error, not a broken stream
-        meta = _Meta(f"chatcmpl-{lifecycle.request_id}", int(time.time()), model.id)
-        if stream:
-            include_usage = bool(data.stream_options and data.stream_options.include_usage)
-            body = _stream(first, events, lifecycle, meta, include_usage)
-            return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
-        return await _complete(first, events, lifecycle, meta)
+        if task is not None:
+            return await _task(deps, lifecycle, data, messages, task)
+        _check_session_header(request, lifecycle.session_id)
+        resume = request.headers.get("X-BMO-Resume-Run-Id")
+        if resume:
+            return await _resume(deps, lifecycle, data, resume)
+        return await _chat(deps, lifecycle, data, messages)
 
 
-class _Meta:
-    __slots__ = ("created", "id", "model")
-
-    def __init__(self, id: str, created: int, model: str) -> None:
-        self.id, self.created, self.model = id, created, model
-
-    def chunk(self, delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
-        choice = ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
-
-
-def _check_session_header(session_id: str) -> None:
-    if session_id and not SESSION_ID.fullmatch(session_id):
+def _check_session_header(request: Request[Any, Any, Any], session_id: str) -> None:
+    own = request.headers.get("X-BMO-Session-Id")
+    if own is not None and not SESSION_ID.fullmatch(own):
         raise InvalidRequest(
             "X-BMO-Session-Id must be 1-128 characters of [A-Za-z0-9._:-].",
             param="X-BMO-Session-Id",
@@ -124,118 +110,205 @@ def _resolve(deps: HttpDeps, model_id: str) -> ResolvedModel:
     return model
 
 
-def _usage(usage: Usage) -> UsageWire:
-    return UsageWire(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+def _options(data: ChatCompletionRequest, mode: str) -> TurnOptions:
+    return TurnOptions(
+        max_tokens=data.max_completion_tokens or data.max_tokens,
+        temperature=data.temperature,
+        stream=bool(data.stream),
+        client_tools=client_tools(data),
+        mode=mode,
+    )
 
 
-def _wire_calls(calls: tuple[ToolCall, ...]) -> list[ResponseToolCall]:
-    return [ResponseToolCall(id=c.id, function=FunctionCall(c.name, c.arguments)) for c in calls]
+def _include_usage(data: ChatCompletionRequest) -> bool:
+    return bool(data.stream_options and data.stream_options.include_usage)
 
 
-def _delta_calls(calls: tuple[ToolCall, ...]) -> list[DeltaToolCall]:
-    return [
-        DeltaToolCall(index=i, id=c.id, function=FunctionCall(c.name, c.arguments))
-        for i, c in enumerate(calls)
-    ]
-
-
-async def _complete(
-    first: AgentEvent,
-    events: AsyncIterator[AgentEvent],
-    lifecycle: RequestLifecycle,
-    meta: _Meta,
+async def _task(
+    deps: HttpDeps, lifecycle: RequestLifecycle, data: ChatCompletionRequest, messages: tuple, kind: str
 ) -> Response[Any]:
-    texts: list[str] = []
-    calls: tuple[ToolCall, ...] = ()
-    event = first
-    while not isinstance(event, Done):
-        if isinstance(event, TextChunk):
-            texts.append(event.text)
-        elif isinstance(event, ClientToolCalls):
-            calls = event.calls
-        event = await anext(events)
-    await events.aclose()  # type: ignore[attr-defined]
-    message = ResponseMessage(
-        role="assistant",
-        content="".join(texts) or (None if calls else ""),
-        tool_calls=_wire_calls(calls) if calls else None,
+    """One plain model call answered as JSON: no tools, no router, no session."""
+    model_id = data.model or deps.settings.options.model
+    await lifecycle.fire(model=model_id, stream=False, task=kind)
+    model = _resolve(deps, model_id)
+    answer = await answer_task(model, messages, kind, data.max_completion_tokens or data.max_tokens)
+    now = datetime.now(UTC)
+    await deps.executor.execute(
+        RecordModelCall(
+            run_id=lifecycle.run_id,
+            at=now,
+            model=model.model,
+            step=1,
+            prompt_tokens=answer.usage.prompt_tokens,
+            completion_tokens=answer.usage.completion_tokens,
+            latency_ms=answer.latency_ms,
+            finish_reason=answer.finish_reason,
+        )
     )
-    completion = ChatCompletion(
-        id=meta.id,
-        created=meta.created,
-        model=meta.model,
-        choices=[Choice(index=0, message=message, finish_reason=event.finish_reason)],
-        usage=_usage(event.usage),
-    )
-    await lifecycle.finish(event.outcome, 200, finish_reason=event.finish_reason)
-    return Response(completion, status_code=200, media_type="application/json")
+    await deps.executor.execute(AppendContent(run_id=lifecycle.run_id, at=now, text=answer.text))
+    meta = chat_render.Meta(f"chatcmpl-{lifecycle.request_id}", int(now.timestamp()), model.id)
+    return await chat_render.json_answer(lifecycle, meta, answer.text, answer.finish_reason, answer.usage)
 
 
-async def _stream(
-    first: AgentEvent,
-    events: AsyncIterator[AgentEvent],
+async def _resume(
+    deps: HttpDeps, lifecycle: RequestLifecycle, data: ChatCompletionRequest, resume: str
+) -> Response[Any]:
+    """Stream another run of the same session from its first event, then live."""
+    await lifecycle.fire(model=data.model or "", stream=bool(data.stream))
+    if not RUN_ID.fullmatch(resume):
+        raise NotFound(f"No run '{resume}' to resume.", param="X-BMO-Resume-Run-Id", code="run_not_found")
+    run_id = UUID(resume)
+    events = await asyncio.to_thread(deps.store.stream, run_id)
+    fired = next((e for e in events if isinstance(e, Fired)), None)
+    if fired is None or not lifecycle.session_id or fired.session_id != lifecycle.session_id:
+        raise NotFound(
+            f"No run '{resume}' in this session to resume.", param="X-BMO-Resume-Run-Id", code="run_not_found"
+        )
+    await deps.executor.execute(
+        MarkResumed(run_id=lifecycle.run_id, at=datetime.now(UTC), resumed_run=run_id.hex)
+    )
+    replay = replay_run(deps.store, run_id)
+    meta = chat_render.Meta(f"chatcmpl-{run_id.hex}", int(fired.timestamp.timestamp()), fired.model)
+    return await chat_render.respond(
+        await anext(replay), replay, lifecycle, meta, bool(data.stream), _include_usage(data)
+    )
+
+
+async def _chat(
+    deps: HttpDeps,
     lifecycle: RequestLifecycle,
-    meta: _Meta,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    upcoming = _KeepAlive(events)
-    try:
-        yield sse.event(meta.chunk(Delta(role="assistant", content="")))
-        event: AgentEvent | None = first
-        while not isinstance(event, Done):
-            if isinstance(event, TextChunk):
-                yield sse.event(meta.chunk(Delta(content=event.text)))
-            elif isinstance(event, ClientToolCalls):
-                yield sse.event(meta.chunk(Delta(tool_calls=_delta_calls(event.calls))))
-            event = await upcoming.next()
-            while event is None:  # tools are still running: keep proxies and clients patient
-                yield sse.KEEP_ALIVE
-                event = await upcoming.next()
-        yield sse.event(meta.chunk(Delta(), finish_reason=event.finish_reason))
-        if include_usage:
-            usage = ChatCompletionChunk(
-                id=meta.id, created=meta.created, model=meta.model, choices=[], usage=_usage(event.usage)
-            )
-            yield sse.event(usage)
-        await lifecycle.finish(event.outcome, 200, finish_reason=event.finish_reason)
-        yield sse.DONE
-    except (asyncio.CancelledError, GeneratorExit):
-        # The client went away. Cancellation may be level-triggered (anyio), so no
-        # awaiting here: stop the agent (its tools' processes die with it) and let
-        # the lifecycle record `cancelled` in a task of its own.
-        upcoming.abandon()
-        lifecycle.finish_later("cancelled", 499, error="client disconnected")
-        raise
-    except Exception as exc:  # after headers, errors travel in the stream
-        upcoming.abandon()
-        error = to_bmo_error(exc)
-        yield sse.event(envelope(error))
-        yield sse.DONE
-        await lifecycle.finish("error_500", error.status, error=error.message)
+    data: ChatCompletionRequest,
+    messages: tuple[ChatMessage, ...],
+) -> Response[Any]:
+    session = await deps.sessions.state(lifecycle.session_id) if lifecycle.session_id else None
+    bound = session.model if session and session.opened else ""
+    model_id = data.model or bound or deps.settings.options.model
+    await lifecycle.fire(model=model_id, stream=bool(data.stream))
+    model = _resolve(deps, model_id)
+    await _apply_override_policy(deps, lifecycle, model_id, bound)
+    earlier, new_turn = split_turn(messages)
+    mode = await _route(deps, lifecycle, messages)
+    meta = chat_render.Meta(f"chatcmpl-{lifecycle.request_id}", int(datetime.now(UTC).timestamp()), model.id)
+    if mode == "clarify":
+        return await _clarify(deps, lifecycle, data, messages, new_turn, bound or model_id, meta)
+    options = _options(data, mode)
+    history = messages
+    result = TurnResult()
+    if session is not None:
+        admission = await _admit(deps, lifecycle, bound or model_id, new_turn, options)
+        history = history_for(admission.transcript, earlier, new_turn)
+        _release_on_finish(deps, lifecycle, new_turn, result)
+    events = deps.turns.run(lifecycle.run_id, model, history, options, result)
+    first = await anext(events)  # an early failure becomes a JSON error, not a broken stream
+    return await chat_render.respond(first, events, lifecycle, meta, bool(data.stream), _include_usage(data))
+
+
+async def _apply_override_policy(
+    deps: HttpDeps, lifecycle: RequestLifecycle, model_id: str, bound: str
+) -> None:
+    """Another model than the session's, or one that is configured but not advertised."""
+    overriding = (bound and model_id != bound) or not deps.catalog.is_advertised(model_id)
+    if not overriding:
+        return
+    policy = deps.settings.options.openai_compat.model_override_policy
+    reference = bound or "the advertised models"
+    if policy == "reject":
+        raise InvalidRequest(
+            f"Model '{model_id}' overrides {reference} and model_override_policy is 'reject'. "
+            'Use the session\'s model, or set model_override_policy = "allow_ephemeral".',
+            param="model",
+            code="model_override_rejected",
+            outcome="model_override_rejected",
+        )
+    lifecycle.note("model_override_applied", bound_model=bound, requested_model=model_id)
+    await deps.executor.execute(
+        ApplyModelOverride(
+            run_id=lifecycle.run_id, at=datetime.now(UTC), bound_model=bound, requested_model=model_id
+        )
+    )
+
+
+async def _route(deps: HttpDeps, lifecycle: RequestLifecycle, messages: tuple[ChatMessage, ...]) -> str:
+    """clear → code; ambiguous → by ambiguity_action: clarify | research | code."""
+    compat = deps.settings.options.openai_compat
+    classifier_model = deps.catalog.resolve(compat.router_model) if compat.router_model else None
+    if classifier_model is not None:
+        verdict = await router.classify_with_model(
+            classifier_model.provider, classifier_model.model, messages
+        )
     else:
-        await events.aclose()  # type: ignore[attr-defined]
+        verdict = router.classify(messages)
+    if verdict == "clear":
+        return "code"
+    return {"ask": "clarify", "research": "research"}.get(compat.ambiguity_action, "code")
 
 
-class _KeepAlive:
-    """Pulls the next agent event in a task so the stream can say `: keep-alive` meanwhile."""
+async def _clarify(
+    deps: HttpDeps,
+    lifecycle: RequestLifecycle,
+    data: ChatCompletionRequest,
+    messages: tuple[ChatMessage, ...],
+    new_turn: tuple[ChatMessage, ...],
+    model_id: str,
+    meta: chat_render.Meta,
+) -> Response[Any]:
+    """Answer with a question instead of running the agent (outcome clarification)."""
+    text = router.clarification(messages)
+    now = datetime.now(UTC)
+    await deps.executor.execute(AppendContent(run_id=lifecycle.run_id, at=now, text=text))
+    if lifecycle.session_id:
+        turn = [*(message_to_dict(m) for m in new_turn), {"role": "assistant", "content": text}]
+        await deps.executor.execute(
+            NoteTurn(
+                stream_id=session_uuid(lifecycle.session_id),
+                at=now,
+                session_id=lifecycle.session_id,
+                model=model_id,
+                requester=lifecycle.requester,
+                turn=turn,
+            ),
+            durable=True,
+        )
+    return await chat_render.text_answer(
+        lifecycle, meta, text, bool(data.stream), _include_usage(data), outcome="clarification"
+    )
 
-    def __init__(self, events: AsyncIterator[AgentEvent], every_s: float = KEEP_ALIVE_S) -> None:
-        self._events = events
-        self._every = every_s
-        self._pending: asyncio.Task[AgentEvent] | None = None
 
-    async def next(self) -> AgentEvent | None:
-        """The next event, or None when `every_s` passed without one."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(anext(self._events))
-        done, _ = await asyncio.wait({self._pending}, timeout=self._every)
-        if not done:
-            return None
-        task, self._pending = self._pending, None
-        return task.result()
+async def _admit(
+    deps: HttpDeps,
+    lifecycle: RequestLifecycle,
+    model_id: str,
+    new_turn: tuple[ChatMessage, ...],
+    options: TurnOptions,
+) -> Admission:
+    """Run now, or queue and answer 409, or 429 when the queue is full."""
+    session_id = lifecycle.session_id
+    try:
+        admission = await deps.sessions.admit(session_id, lifecycle.request_id, model_id, lifecycle.requester)
+    except SessionQueueFull as exc:
+        raise RateLimited(
+            f"{exc}. Retry later.", code="session_queue_full", headers={"Retry-After": RETRY_AFTER_S}
+        ) from exc
+    if admission.active:
+        return admission
+    await deps.sessions.defer(
+        lifecycle, admission, [message_to_dict(m) for m in new_turn], options_to_dict(options)
+    )
+    raise SessionBusy(
+        f"Session '{session_id}' is busy with another run. This request was queued as run "
+        f"{admission.run_id} (position {admission.position}); it starts when the session frees. "
+        f"Follow it with the header X-BMO-Resume-Run-Id: {admission.run_id}.",
+        extra={"run_id": admission.run_id, "position": admission.position, "session_id": session_id},
+        headers={"Retry-After": RETRY_AFTER_S},
+        outcome="queued",
+    )
 
-    def abandon(self) -> None:
-        """Cancel the pull in flight; the agent generator unwinds inside that task."""
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+
+def _release_on_finish(
+    deps: HttpDeps, lifecycle: RequestLifecycle, new_turn: tuple[ChatMessage, ...], result: TurnResult
+) -> None:
+    async def release(outcome: str) -> None:
+        turn = [*(message_to_dict(m) for m in new_turn), result.answer()]
+        await deps.sessions.release(lifecycle.session_id, lifecycle.request_id, outcome, turn)
+
+    lifecycle.on_finish.append(release)

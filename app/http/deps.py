@@ -26,5 +26,6 @@ class HttpDeps:
     store: Any  # EventStore: max_notification_id / check_writable (readiness only)
     bind: BindPosture
     started_at: int
-    executor: Any  # Executor: command handlers only (permission answers)
+    executor: Any  # Executor: command handlers only
+    sessions: Any  # SessionService
     settle: Callable[[], Awaitable[None]]  # let the projector catch up (bounded)

@@ -106,7 +106,8 @@ _LIST = (
     re.compile(r"what\s+files\s+are\s+(?:there|here)(?P<path>)", _I),
 )
 _READ = (
-    re.compile(r"(?:read|cat|open)\s+(?:the\s+)?(?:file\s+)?(?P<path>\S+)(?:\s+file)?", _I),
+    # "read README.md and summarise it": the offline model reads; the rest needs a real model
+    re.compile(r"(?:read|cat|open)\s+(?:the\s+)?(?:file\s+)?(?P<path>\S+)(?:\s+file)?(?:\s+and\s+.+)?", _I),
     # Looser verbs ("show me ...") only count when the object looks like a path.
     re.compile(
         r"(?i:show(?:\s+me)?|display|view|print)\s+(?i:the\s+)?"

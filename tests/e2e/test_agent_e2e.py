@@ -384,7 +384,9 @@ def mcp_config(upstream: FakeOpenAI) -> str:
     )
 
 
-def test_the_agent_calls_a_real_mcp_server_tool(make_server: Callable[..., BmoServer], upstream: FakeOpenAI) -> None:
+def test_the_agent_calls_a_real_mcp_server_tool(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI
+) -> None:
     server = make_server(config_text=mcp_config(upstream))
     upstream.script(ToolCalls([("m1", "mcp__fake__echo", '{"text": "hello from mcp"}')]), Text("Echoed."))
     assert ask(server, "echo via mcp").choices[0].message.content.endswith("Echoed.")
@@ -408,7 +410,9 @@ def test_a_crashed_mcp_server_is_a_clear_tool_error(
     assert result.startswith("error:") and "fake" in result and "unavailable" in result
 
 
-def test_bmo_local_runs_a_shell_command_through_the_real_bash_tool(make_server: Callable[..., BmoServer]) -> None:
+def test_bmo_local_runs_a_shell_command_through_the_real_bash_tool(
+    make_server: Callable[..., BmoServer],
+) -> None:
     server = make_server(config_text='[options.openai_compat]\ntool_policy = "auto_approve"\n')
     completion = sdk(server).chat.completions.create(
         model="bmo/local", messages=[{"role": "user", "content": "run `echo hello-from-bash`"}]

@@ -64,3 +64,43 @@ def test_sweep_finishes_only_open_runs_once(tmp_path: Path) -> None:
     assert record["reason"] == "interrupted"
     # a second sweep finds nothing
     assert sweep_interrupted(store, read_db_path(tmp_path), records, capacity=100) == []
+
+
+def test_sweep_frees_the_sessions_of_interrupted_runs(tmp_path: Path) -> None:
+    from app.commands import admit_run
+    from app.commands.admit_run import AdmitRun
+    from app.events.session import SessionState, session_uuid
+    from app.events.session import fold as session_fold
+
+    store = open_event_store(tmp_path)
+    active_id, _ = fire(store, "s-9")
+    queued_id, _ = fire(store, "s-9")
+    stream_id = session_uuid("s-9")
+
+    def admit(run_id: str, queued: str) -> None:
+        state = session_fold(stream_id, store.stream(stream_id))
+        store.save(
+            admit_run.decide(
+                state,
+                AdmitRun(
+                    stream_id=stream_id,
+                    at=datetime.now(UTC),
+                    session_id="s-9",
+                    run_id=run_id,
+                    queued_run_id=queued,
+                    model="bmo/local",
+                    requester="",
+                    max_queue_depth=4,
+                ),
+            )
+        )
+
+    admit(active_id.hex, "unused")
+    admit("unused", queued_id.hex)
+    busy = session_fold(stream_id, store.stream(stream_id))
+    assert busy.active_run == active_id.hex and busy.queue == (queued_id.hex,)
+    records = Records(tmp_path / "log.jsonl", stderr=io.StringIO())
+    swept = sweep_interrupted(store, read_db_path(tmp_path), records, capacity=100)
+    assert set(swept) == {active_id.hex, queued_id.hex}
+    free = session_fold(stream_id, store.stream(stream_id))
+    assert isinstance(free, SessionState) and free.active_run is None and free.queue == ()

@@ -51,6 +51,10 @@ class ToolRegistry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._tools)
 
+    def read_only(self) -> ToolRegistry:
+        """The same registry without mutating tools (research mode)."""
+        return ToolRegistry(t for t in self._tools.values() if not t.mutating)
+
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
 

@@ -1,20 +1,24 @@
-"""One request's life on a compat route: exactly one fired, exactly one terminal.
+"""One request's (or deferred run's) life: exactly one fired, exactly one terminal.
 
-The ASGI shell creates it; the chat handler fires it once the body names a
-model, everyone else fires at entry. Whoever finishes first decides the
-outcome; later finishes are no-ops (the `decide` of FinishRun agrees).
+The ASGI shell creates it for each request; the chat handler fires it once
+the body names a model, everyone else fires at entry. A queued run gets one
+when it starts. Whoever finishes first decides the outcome; later finishes
+are no-ops (the `decide` of FinishRun agrees). `on_finish` hooks run after
+the terminal event (a session releases its run there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
 from app.commands import FinishRun, FireRun
 from app.commands.execute import Executor
+from app.commands.note_run import IgnoreRequester
 from app.errors import BmoError
 from app.telemetry import Records
 
@@ -47,6 +51,11 @@ class RequestLifecycle:
     error: str = ""
     model: str = ""
     closing: asyncio.Task[None] | None = None
+    requester: str = ""
+    peer: str = ""
+    ignored_identity: tuple[str, ...] = ()  # identity headers from an untrusted peer
+    forced_outcome: str | None = None  # set by an error that names its outcome
+    on_finish: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def run_id(self) -> UUID:
@@ -57,6 +66,8 @@ class RequestLifecycle:
 
     def note_error(self, error: BmoError) -> None:
         self.error = error.message
+        if error.outcome:
+            self.forced_outcome = error.outcome
 
     async def fire(self, *, model: str = "", stream: bool = False, task: str = "") -> None:
         if self.fired:
@@ -77,7 +88,27 @@ class RequestLifecycle:
         self.records.fired(**fields)
         fields.pop("request_id")
         await self.executor.execute(
-            FireRun(run_id=self.run_id, at=datetime.now(UTC), requester="", task=task, **fields)
+            FireRun(run_id=self.run_id, at=datetime.now(UTC), requester=self.requester, task=task, **fields)
+        )
+        if self.ignored_identity:  # visible in the run's events, never silently dropped
+            await self.executor.execute(
+                IgnoreRequester(
+                    run_id=self.run_id,
+                    at=datetime.now(UTC),
+                    peer=self.peer,
+                    headers=list(self.ignored_identity),
+                )
+            )
+
+    def note(self, outcome: str, **extra: object) -> None:
+        """A non-terminal action record (e.g. model_override_applied)."""
+        self.records.action(
+            outcome=outcome,
+            terminal=False,
+            request_id=self.request_id,
+            session_id=self.session_id,
+            route=self.route,
+            **extra,
         )
 
     def finish_later(self, outcome: str, status_code: int, *, error: str = "") -> None:
@@ -99,6 +130,8 @@ class RequestLifecycle:
         if not self.fired:
             await self.fire()
         self.finished = True
+        if self.forced_outcome and outcome in ("invalid_request", "error_500", "final_answer"):
+            outcome = self.forced_outcome
         elapsed = round(self.elapsed_ms(), 3)
         error = error or self.error
         fields: dict[str, object] = {
@@ -122,6 +155,8 @@ class RequestLifecycle:
                 finish_reason=finish_reason,
             )
         )
+        for hook in self.on_finish:
+            await hook(outcome)
 
 
 def truncate_utf8(text: str, limit: int) -> str:

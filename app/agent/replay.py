@@ -1,0 +1,32 @@
+"""A run's recorded output as agent events again: what resume streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+from app.agent.loop import AgentEvent, Done, Progress, TextChunk
+from app.events.run import ContentAppended, Finished
+from app.events.store import EventStore
+from app.providers.base import Usage
+
+__all__ = ["replay_run"]
+
+
+async def replay_run(store: EventStore, run_id: UUID, *, poll_s: float = 0.1) -> AsyncIterator[AgentEvent]:
+    """Replay from the start, then follow live until the run's terminal event."""
+    yield Progress()  # the run exists: the response may start before its first content
+    version = 0
+    while True:
+        events = await asyncio.to_thread(store.stream, run_id, version)
+        for event in events:
+            version = event.originator_version
+            if isinstance(event, ContentAppended):
+                yield TextChunk(event.text, activity=event.role == "activity")
+            elif isinstance(event, Finished):
+                usage = Usage(event.prompt_tokens, event.completion_tokens)
+                yield Done(event.finish_reason or "stop", usage, outcome="resumed")
+                return
+        if not events:
+            await asyncio.sleep(poll_s)

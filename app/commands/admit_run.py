@@ -1,0 +1,56 @@
+"""AdmitRun: a request wants to run in a session: activate it, or queue it, or refuse."""
+
+from __future__ import annotations
+
+from eventsourcing.domain import DomainEvent
+
+from app.commands.session_base import SessionCommand, stamp_session
+from app.events.session import RunActivated, RunQueued, SessionOpened, SessionState
+
+__all__ = ["AdmitRun", "SessionQueueFull", "decide"]
+
+
+class SessionQueueFull(Exception):
+    """The session already has `max_queue_depth` runs waiting."""
+
+
+class AdmitRun(SessionCommand, frozen=True, kw_only=True):
+    session_id: str
+    run_id: str  # runs now, if the session is free
+    queued_run_id: str  # waits, if it is busy
+    model: str
+    requester: str
+    max_queue_depth: int
+
+
+def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
+    events: list[DomainEvent] = []
+    if not state.opened:
+        events.append(
+            SessionOpened(
+                **stamp_session(state, cmd.at),
+                session_id=cmd.session_id,
+                model=cmd.model,
+                requester=cmd.requester,
+            )
+        )
+    if not state.busy:
+        events.append(
+            RunActivated(
+                **stamp_session(state, cmd.at, len(events) + 1), run_id=cmd.run_id, requester=cmd.requester
+            )
+        )
+        return tuple(events)
+    if len(state.queue) >= cmd.max_queue_depth:
+        raise SessionQueueFull(
+            f"session '{cmd.session_id}' already has {len(state.queue)} queued run(s) "
+            f"(max_queue_depth = {cmd.max_queue_depth})"
+        )
+    return (
+        RunQueued(
+            **stamp_session(state, cmd.at),
+            run_id=cmd.queued_run_id,
+            position=len(state.queue) + 1,
+            requester=cmd.requester,
+        ),
+    )

@@ -1,0 +1,26 @@
+"""What every session command shares: the session stream it targets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from app.events.session import SessionState
+
+__all__ = ["SessionCommand", "stamp_session"]
+
+
+class SessionCommand(msgspec.Struct, frozen=True, kw_only=True):
+    stream_id: UUID  # session_uuid(session id)
+    at: datetime
+
+
+def stamp_session(state: SessionState, at: datetime, offset: int = 1) -> dict[str, Any]:
+    return {
+        "originator_id": state.stream_id,
+        "originator_version": state.version + offset,
+        "timestamp": at,
+    }

@@ -1,0 +1,206 @@
+"""Rendering an agent turn on the wire: one JSON completion, or an SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Response
+from litestar.response import Stream
+
+from app.agent.lifecycle import RequestLifecycle
+from app.agent.loop import AgentEvent, ClientToolCalls, Done, TextChunk
+from app.http import sse
+from app.http.errors import envelope, to_bmo_error
+from app.http.wire import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    Delta,
+    DeltaToolCall,
+    FunctionCall,
+    ResponseMessage,
+    ResponseToolCall,
+    UsageWire,
+)
+from app.providers.base import ToolCall, Usage
+
+__all__ = [
+    "KEEP_ALIVE_S",
+    "ChatCompletion",
+    "Meta",
+    "complete",
+    "json_answer",
+    "respond",
+    "stream",
+    "text_answer",
+]
+
+KEEP_ALIVE_S = 15.0
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def respond(
+    first: AgentEvent,
+    events: AsyncIterator[AgentEvent],
+    lifecycle: RequestLifecycle,
+    meta: Meta,
+    streaming: bool,
+    include_usage: bool,
+) -> Response[Any]:
+    if streaming:
+        body = stream(first, events, lifecycle, meta, include_usage)
+        return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    return await complete(first, events, lifecycle, meta)
+
+
+async def text_answer(
+    lifecycle: RequestLifecycle, meta: Meta, text: str, streaming: bool, include_usage: bool, *, outcome: str
+) -> Response[Any]:
+    """A fixed answer (no model call) in whichever shape the client asked for."""
+
+    async def events() -> AsyncIterator[AgentEvent]:
+        yield Done("stop", Usage(), outcome)
+
+    return await respond(TextChunk(text), events(), lifecycle, meta, streaming, include_usage)
+
+
+async def json_answer(
+    lifecycle: RequestLifecycle, meta: Meta, text: str, finish_reason: str, usage: Usage
+) -> Response[Any]:
+    """Always application/json (Open WebUI's background tasks need it, whatever `stream` said)."""
+
+    async def events() -> AsyncIterator[AgentEvent]:
+        yield Done(finish_reason, usage)
+
+    return await complete(TextChunk(text), events(), lifecycle, meta)
+
+
+class Meta:
+    __slots__ = ("created", "id", "model")
+
+    def __init__(self, id: str, created: int, model: str) -> None:
+        self.id, self.created, self.model = id, created, model
+
+    def chunk(self, delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        choice = ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
+
+
+def _usage(usage: Usage) -> UsageWire:
+    return UsageWire(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+
+
+def _wire_calls(calls: tuple[ToolCall, ...]) -> list[ResponseToolCall]:
+    return [ResponseToolCall(id=c.id, function=FunctionCall(c.name, c.arguments)) for c in calls]
+
+
+def _delta_calls(calls: tuple[ToolCall, ...]) -> list[DeltaToolCall]:
+    return [
+        DeltaToolCall(index=i, id=c.id, function=FunctionCall(c.name, c.arguments))
+        for i, c in enumerate(calls)
+    ]
+
+
+async def complete(
+    first: AgentEvent,
+    events: AsyncIterator[AgentEvent],
+    lifecycle: RequestLifecycle,
+    meta: Meta,
+) -> Response[Any]:
+    texts: list[str] = []
+    calls: tuple[ToolCall, ...] = ()
+    event = first
+    while not isinstance(event, Done):
+        if isinstance(event, TextChunk):
+            texts.append(event.text)
+        elif isinstance(event, ClientToolCalls):
+            calls = event.calls
+        event = await anext(events)
+    await events.aclose()  # type: ignore[attr-defined]
+    message = ResponseMessage(
+        role="assistant",
+        content="".join(texts) or (None if calls else ""),
+        tool_calls=_wire_calls(calls) if calls else None,
+    )
+    completion = ChatCompletion(
+        id=meta.id,
+        created=meta.created,
+        model=meta.model,
+        choices=[Choice(index=0, message=message, finish_reason=event.finish_reason)],
+        usage=_usage(event.usage),
+    )
+    await lifecycle.finish(event.outcome, 200, finish_reason=event.finish_reason)
+    return Response(completion, status_code=200, media_type="application/json")
+
+
+async def stream(
+    first: AgentEvent,
+    events: AsyncIterator[AgentEvent],
+    lifecycle: RequestLifecycle,
+    meta: Meta,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    upcoming = _KeepAlive(events)
+    try:
+        yield sse.event(meta.chunk(Delta(role="assistant", content="")))
+        event: AgentEvent | None = first
+        while not isinstance(event, Done):
+            if isinstance(event, TextChunk):
+                yield sse.event(meta.chunk(Delta(content=event.text)))
+            elif isinstance(event, ClientToolCalls):
+                yield sse.event(meta.chunk(Delta(tool_calls=_delta_calls(event.calls))))
+            event = await upcoming.next()
+            while event is None:  # tools are still running: keep proxies and clients patient
+                yield sse.KEEP_ALIVE
+                event = await upcoming.next()
+        yield sse.event(meta.chunk(Delta(), finish_reason=event.finish_reason))
+        if include_usage:
+            usage = ChatCompletionChunk(
+                id=meta.id, created=meta.created, model=meta.model, choices=[], usage=_usage(event.usage)
+            )
+            yield sse.event(usage)
+        await lifecycle.finish(event.outcome, 200, finish_reason=event.finish_reason)
+        yield sse.DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        # The client went away. Cancellation may be level-triggered (anyio), so no
+        # awaiting here: stop the agent (its tools' processes die with it) and let
+        # the lifecycle record `cancelled` in a task of its own.
+        upcoming.abandon()
+        lifecycle.finish_later("cancelled", 499, error="client disconnected")
+        raise
+    except Exception as exc:  # after headers, errors travel in the stream
+        upcoming.abandon()
+        error = to_bmo_error(exc)
+        yield sse.event(envelope(error))
+        yield sse.DONE
+        await lifecycle.finish("error_500", error.status, error=error.message)
+    else:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+class _KeepAlive:
+    """Pulls the next agent event in a task so the stream can say `: keep-alive` meanwhile."""
+
+    def __init__(self, events: AsyncIterator[AgentEvent], every_s: float = KEEP_ALIVE_S) -> None:
+        self._events = events
+        self._every = every_s
+        self._pending: asyncio.Task[AgentEvent] | None = None
+
+    async def next(self) -> AgentEvent | None:
+        """The next event, or None when `every_s` passed without one."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._events))
+        done, _ = await asyncio.wait({self._pending}, timeout=self._every)
+        if not done:
+            return None
+        task, self._pending = self._pending, None
+        return task.result()
+
+    def abandon(self) -> None:
+        """Cancel the pull in flight; the agent generator unwinds inside that task."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
