@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from eventsourcing.domain import DomainEvent
 
 from app.agent.lifecycle import RouteDefaults
 from app.agent.permissions import PermissionGate
@@ -18,12 +21,16 @@ from app.agent.tools.registry import ToolRegistry, all_builtin_tools
 from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
 from app.config import Provider, Settings
+from app.events.faults import ENV_FAULTS
+from app.events.run import Fired
 from app.events.store import EventStore, open_event_store
-from app.events.writer import EventWriter
+from app.events.system import persistence_recovered
+from app.events.writer import EventWriter, PersistenceState
 from app.http.app import create_litestar
 from app.http.asgi import BmoAsgi, TokenCheck
 from app.http.deps import HttpDeps
 from app.http.identity import TrustedProxies
+from app.net import is_loopback_host, parse_addr
 from app.projections.db import open_read_db, read_db_path
 from app.projections.posture import BindPosture
 from app.projections.runner import ProjectionRunner
@@ -50,25 +57,6 @@ class Bind:
 
     def posture(self) -> BindPosture:
         return BindPosture(addr=self.addr, loopback=is_loopback_host(self.host), auth=bool(self.token))
-
-
-def parse_addr(addr: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[v6]:PORT` -> (host, port); ValueError with a clear message."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"address must look like HOST:PORT (got {addr!r})")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback_host(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -122,8 +110,10 @@ class Runtime:
         await self.projector.wait_for(target, max(0.0, deadline - loop.time()))
 
 
-def build_runtime(settings: Settings, data_dir: Path) -> Runtime:
-    store = open_event_store(data_dir)
+def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | None = None) -> Runtime:
+    env = env if env is not None else {}
+    faults = env.get(ENV_FAULTS)
+    store = open_event_store(data_dir, Path(faults) if faults else None)
     records = Records(log_path(data_dir))
     projector = ProjectionRunner(
         store,
@@ -131,6 +121,8 @@ def build_runtime(settings: Settings, data_dir: Path) -> Runtime:
         ledger_capacity=settings.options.openai_compat.ledger_capacity,
     )
     writer = EventWriter(store, on_commit=projector.notify)
+    writer.on_failure = lambda events, error: _persist_failed(records, events, error)
+    writer.on_recovered = lambda state: _persistence_recovered(records, writer, state)
     return Runtime(
         settings=settings,
         data_dir=data_dir,
@@ -139,6 +131,42 @@ def build_runtime(settings: Settings, data_dir: Path) -> Runtime:
         executor=Executor(store, writer),
         projector=projector,
         records=records,
+    )
+
+
+def _persist_failed(records: Records, events: Sequence[DomainEvent], error: str) -> None:
+    """One non-terminal `persist_failed` record per request whose events wait in the outbox."""
+    runs: dict[str, Fired | None] = {}
+    for event in events:
+        if type(event).__module__ == Fired.__module__:
+            key = event.originator_id.hex
+            if runs.get(key) is None:
+                runs[key] = event if isinstance(event, Fired) else None
+    for request_id, fired in runs.items():
+        records.action(
+            outcome="persist_failed",
+            terminal=False,
+            request_id=request_id,
+            session_id=fired.session_id if fired else "",
+            route=fired.route if fired else "",
+            error=error,
+        )
+
+
+def _persistence_recovered(records: Records, writer: EventWriter, state: PersistenceState) -> None:
+    records.emit(
+        "info",
+        "openai_compat.persistence_recovered",
+        flushed_events=state.incident_flushed,
+        overflowed_events=state.incident_overflowed,
+        failures=state.failures,
+    )
+    writer.submit(
+        [
+            persistence_recovered(
+                state.incident_flushed, state.incident_overflowed, state.failures, state.last_error or ""
+            )
+        ]
     )
 
 
@@ -155,8 +183,9 @@ def build_asgi(
     bind: Bind,
     version: str = "0",
     proxies: TrustedProxies | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> BmoAsgi:
-    runtime = build_runtime(settings, data_dir)
+    runtime = build_runtime(settings, data_dir, env)
     providers: dict[str, ChatProvider] = {"bmo": LocalProvider()}
     for name, config in settings.providers.items():
         providers[name] = build_provider(name, config)

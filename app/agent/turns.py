@@ -23,6 +23,7 @@ from app.agent.tools.base import Tool, ToolContext
 from app.agent.tools.registry import ToolRegistry
 from app.commands import StartRun
 from app.commands.execute import Executor
+from app.events.writer import PersistFailed
 from app.providers.base import ChatMessage, ToolCall, ToolSchema
 from app.providers.catalog import ResolvedModel
 
@@ -118,7 +119,10 @@ class TurnRunner:
         async def authorize(call: ToolCall, tool: Tool) -> str | None:
             if not tool.mutating or auto or call.name in self._policy.allowed_tools:
                 return None
-            return _denial(call, await self._gate.ask(run_id, call))
+            try:
+                return _denial(call, await self._gate.ask(run_id, call))
+            except PersistFailed:  # nobody could see the question: deny rather than wait
+                return f"error: permission denied for {call.name}: the question could not be recorded."
 
         return TurnSpec(
             provider=model.provider,

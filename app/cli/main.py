@@ -6,7 +6,7 @@ import sys
 
 from cyclopts import App
 
-from app.cli import dirs, projections, serve
+from app.cli import config_show, dirs, logs, projections, runs, serve
 
 __all__ = ["build_cli", "main"]
 
@@ -15,6 +15,16 @@ def build_cli() -> App:
     app = App(name="bmo", help="OpenAI-compatible coding-agent hub.")
     app.command(serve.serve, name="serve")
     app.command(dirs.dirs, name="dirs")
+    app.command(logs.logs, name="logs")
+    config_app = App(name="config", help="Resolved configuration and ledger, no server needed.")
+    config_app.command(config_show.show_openai_compat, name="show-openai-compat")
+    config_app.command(config_show.show_openai_compat, name="show-open-webui")
+    config_app.command(config_show.show_run_ledger, name="show-run-ledger")
+    app.command(config_app)
+    runs_app = App(name="runs", help="The run ledger.")
+    runs_app.command(runs.list_runs, name="list")
+    runs_app.command(runs.events, name="events")
+    app.command(runs_app)
     projections_app = App(name="projections", help="Read models: rebuild by replay.")
     projections_app.command(projections.rebuild, name="rebuild")
     app.command(projections_app)

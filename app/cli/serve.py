@@ -9,10 +9,11 @@ from typing import Annotated
 
 from cyclopts import Parameter
 
-from app.bootstrap import is_loopback_host, parse_addr
 from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROXIES, ENV_TOKEN
 from app.config import ConfigError, Settings, data_dir, load_settings
+from app.events.faults import ENV_FAULTS
 from app.http.identity import TrustedProxies
+from app.net import is_loopback_host, parse_addr
 
 __all__ = ["BindDecision", "decide_bind", "serve"]
 
@@ -80,6 +81,12 @@ def serve(
         return 2
     for warning in bind.warnings:
         print(warning, file=sys.stderr)
+    if env.get(ENV_FAULTS):
+        print(
+            f"WARNING: {ENV_FAULTS} is set: event-store appends fail while {env[ENV_FAULTS]} exists "
+            "(a test seam; never set it in production)",
+            file=sys.stderr,
+        )
     _recover(settings, data_dir(env))
     _export(bind, config, cwd)
     print(

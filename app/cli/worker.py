@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from app.bootstrap import Bind, build_asgi, parse_addr
+from app.bootstrap import Bind, build_asgi
 from app.config import data_dir, load_settings
 from app.http.asgi import BmoAsgi
 from app.http.identity import TrustedProxies
+from app.net import parse_addr
 
 __all__ = ["ENV_ADDR", "ENV_CONFIG", "ENV_CWD", "ENV_PROXIES", "ENV_TOKEN", "asgi"]
 
@@ -38,4 +39,5 @@ def asgi() -> BmoAsgi:
         bind=Bind(host=host, port=port, token=token),
         version=version("bmo"),
         proxies=TrustedProxies.parse(env.get(ENV_PROXIES)),
+        env=env,
     )

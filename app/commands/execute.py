@@ -109,7 +109,7 @@ class Executor:
                 return events
             if kind.cache:
                 self._remember(state, events)
-            done = self._writer.submit(events)
+            done = self._writer.submit(events, durable=durable)
             if not durable:
                 done.add_done_callback(lambda f, c=cmd: self._on_saved(f, c))
                 return events

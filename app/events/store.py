@@ -87,6 +87,11 @@ def _use_synchronous_normal(app: Application[Any]) -> None:
     pool._create_connection = create_normal
 
 
-def open_event_store(data_dir: Path) -> EventStore:
+def open_event_store(data_dir: Path, faults: Path | None = None) -> EventStore:
+    """The store under the data dir; `faults` enables the append-fault test seam."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    if faults is not None:
+        from app.events.faults import FaultInjectingStore
+
+        return FaultInjectingStore(data_dir / "events.db", faults)
     return EventStore(data_dir / "events.db")

@@ -22,15 +22,22 @@ from eventsourcing.persistence import IntegrityError
 
 from app.events.store import EventStore
 
-__all__ = ["EventWriter", "PersistenceState"]
+__all__ = ["EventWriter", "PersistFailed", "PersistenceState"]
 
 FailureHook = Callable[[Sequence[DomainEvent], str], None]
+RecoveryHook = Callable[["PersistenceState"], None]
+
+
+class PersistFailed(Exception):
+    """A durable append could not be saved (the store is failing right now)."""
 
 
 @dataclass(slots=True)
 class _Submission:
     events: tuple[DomainEvent, ...]
     done: asyncio.Future[int]
+    durable: bool = False  # its caller waits: fail it now rather than keep it in the outbox
+    reported: bool = False  # a persist_failed record was emitted for it
 
 
 @dataclass(slots=True)
@@ -42,6 +49,8 @@ class PersistenceState:
     failures: int = 0
     overflowed_events: int = 0
     flushed_after_failure: int = 0
+    incident_flushed: int = 0  # this incident: events written once the store recovered
+    incident_overflowed: int = 0  # this incident: events the outbox had to drop
 
 
 @dataclass
@@ -49,6 +58,7 @@ class EventWriter:
     store: EventStore
     on_commit: Callable[[int], None] = lambda _position: None
     on_failure: FailureHook = lambda _events, _error: None
+    on_recovered: RecoveryHook = lambda _state: None
     outbox_limit: int = 20_000  # events held while the store is failing
     state: PersistenceState = field(default_factory=PersistenceState)
     position: int = 0  # last notification id this writer committed
@@ -61,12 +71,12 @@ class EventWriter:
         self._idle.set()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="event-writer")
 
-    def submit(self, events: Sequence[DomainEvent]) -> asyncio.Future[int]:
+    def submit(self, events: Sequence[DomainEvent], *, durable: bool = False) -> asyncio.Future[int]:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if not events:
             done.set_result(0)
             return done
-        self._pending.append(_Submission(tuple(events), done))
+        self._pending.append(_Submission(tuple(events), done, durable))
         self._trim_outbox()
         self._idle.clear()
         self._wake.set()
@@ -127,8 +137,12 @@ class EventWriter:
     def _committed(self, batch: list[_Submission], position: int) -> None:
         self.position = max(self.position, position)
         if self.state.degraded:
-            self.state.flushed_after_failure += sum(len(s.events) for s in batch)
+            flushed = sum(len(s.events) for s in batch)
+            self.state.flushed_after_failure += flushed
+            self.state.incident_flushed = flushed
             self.state.degraded = False
+            self.on_recovered(self.state)
+            self.state.incident_overflowed = 0
         for submission in batch:
             self._drop(submission)
             if not submission.done.done():
@@ -136,12 +150,19 @@ class EventWriter:
         self.on_commit(position)
 
     def _record_failure(self, batch: list[_Submission], exc: Exception) -> None:
-        first_failure = not self.state.degraded
         self.state.degraded = True
         self.state.failures += 1
         self.state.last_error = f"{type(exc).__name__}: {exc}"
-        if first_failure:
-            self.on_failure([e for s in batch for e in s.events], self.state.last_error)
+        unreported = [s for s in batch if not s.reported]
+        for submission in unreported:
+            submission.reported = True
+        if unreported:
+            self.on_failure([e for s in unreported for e in s.events], self.state.last_error)
+        for submission in batch:
+            if submission.durable:  # someone waits on it: tell them now
+                self._drop(submission)
+                if not submission.done.done():
+                    submission.done.set_exception(PersistFailed(self.state.last_error))
 
     def _drop(self, submission: _Submission) -> None:
         with contextlib.suppress(ValueError):
@@ -153,5 +174,6 @@ class EventWriter:
             oldest = self._pending.pop(0)
             held -= len(oldest.events)
             self.state.overflowed_events += len(oldest.events)
+            self.state.incident_overflowed += len(oldest.events)
             if not oldest.done.done():
                 oldest.done.set_exception(RuntimeError("event outbox overflowed"))

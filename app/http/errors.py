@@ -25,6 +25,7 @@ from app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from app.events.writer import PersistFailed
 
 __all__ = ["envelope_bytes", "exception_handler", "outcome_for_status", "to_bmo_error"]
 
@@ -69,6 +70,11 @@ def outcome_for_status(status: int) -> str:
 def to_bmo_error(exc: Exception) -> BmoError:
     if isinstance(exc, BmoError):
         return exc
+    if isinstance(exc, PersistFailed):
+        return ServiceUnavailable(
+            f"The event store cannot record this request right now ({exc}); retry shortly.",
+            code="store_unavailable",
+        )
     if isinstance(exc, ValidationException):
         return InvalidRequest(_validation_message(exc), param=_validation_param(exc))
     if isinstance(exc, NotFoundException):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from app.agent.lifecycle import truncate_utf8
-from app.bootstrap import is_loopback_host, parse_addr
 from app.cli.serve import decide_bind
 from app.config import Settings
 from app.http.asgi import TokenCheck
 from app.http.errors import outcome_for_status
 from app.http.routes import route_name
+from app.net import is_loopback_host, parse_addr
 
 
 def test_token_check() -> None:

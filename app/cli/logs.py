@@ -1,0 +1,96 @@
+"""`bmo logs`: the "did Open WebUI hit bmo, and what happened?" recipes without jq."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+from cyclopts import Parameter
+
+from app.config import data_dir
+from app.telemetry import log_path
+
+__all__ = ["Filters", "format_record", "logs", "matches"]
+
+
+class Filters:
+    def __init__(
+        self, msg: str | None, outcome: str | None, request_id: str | None, session_id: str | None
+    ) -> None:
+        self.msg, self.outcome, self.request_id, self.session_id = msg, outcome, request_id, session_id
+
+
+def matches(record: dict[str, Any], f: Filters) -> bool:
+    """Pure: does a record pass every given filter (`--msg` matches a prefix)."""
+    if f.msg and not str(record.get("msg", "")).startswith(f.msg):
+        return False
+    if f.outcome and record.get("outcome") != f.outcome:
+        return False
+    if f.request_id and record.get("request_id") != f.request_id.replace("-", "").lower():
+        return False
+    return not (f.session_id and record.get("session_id") != f.session_id)
+
+
+def format_record(record: dict[str, Any]) -> str:
+    what = record.get("outcome") or record.get("route", "")
+    extra = f" status={record['status_code']}" if "status_code" in record else ""
+    extra += f" {record['elapsed_ms']:.1f}ms" if isinstance(record.get("elapsed_ms"), int | float) else ""
+    extra += f" error={record['error']!r}" if record.get("error") else ""
+    return (
+        f"{str(record.get('time', ''))[:23]:<23} {record.get('level', ''):<4} {record.get('msg', ''):<34} "
+        f"{str(record.get('request_id', ''))[:12]:<12} {what:<24} session={record.get('session_id') or '-'}"
+        f" ua={str(record.get('client_ua', ''))[:24]!r}{extra}"
+    )
+
+
+def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line while a server writes: skip, never crash
+        if isinstance(record, dict):
+            yield record
+
+
+def _follow(handle: IO[str]) -> Iterator[str]:
+    while True:
+        line = handle.readline()
+        if line:
+            yield line
+        else:
+            time.sleep(0.2)
+
+
+def logs(
+    *,
+    tail: Annotated[int, Parameter(help="Only the last N matching records (0 = all).")] = 0,
+    msg: Annotated[str | None, Parameter(help="Record name prefix, e.g. openai_compat.action.")] = None,
+    outcome: Annotated[str | None, Parameter(help="e.g. queued, auth_failed, final_answer.")] = None,
+    request_id: Annotated[str | None, Parameter(help="One request (X-Request-Id).")] = None,
+    session_id: Annotated[str | None, Parameter(help="One session (X-BMO-Session-Id).")] = None,
+    follow: Annotated[bool, Parameter(help="Keep printing new matching records.")] = False,
+    pretty: Annotated[bool, Parameter(help="A human table instead of JSON lines.")] = False,
+) -> int:
+    """Matching records from $BMO_GLOBAL_DATA/logs/bmo.jsonl (JSON lines, so `| jq` works)."""
+    path = log_path(data_dir(dict(os.environ)))
+    if not path.exists():
+        print(f"bmo logs: no log file at {path} yet", file=sys.stderr)
+        return 1
+    f = Filters(msg, outcome, request_id, session_id)
+    show = format_record if pretty else (lambda r: json.dumps(r, ensure_ascii=False))
+    with Path(path).open(encoding="utf-8", errors="replace") as handle:
+        selected = (r for r in _records(handle) if matches(r, f))
+        for record in deque(selected, maxlen=tail) if tail > 0 else selected:
+            print(show(record), flush=True)
+        if follow:
+            for record in _records(_follow(handle)):
+                if matches(record, f):
+                    print(show(record), flush=True)
+    return 0
