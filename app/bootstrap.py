@@ -6,6 +6,7 @@ Only entry points (the granian factory, the CLI) import this module.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from app.http.deps import HttpDeps
 from app.http.identity import TrustedProxies
 from app.net import is_loopback_host, parse_addr
 from app.projections.db import open_read_db, read_db_path
+from app.projections.follower import ProjectionFollower
 from app.projections.posture import BindPosture
 from app.projections.runner import ProjectionRunner
 from app.providers.anthropic import AnthropicProvider
@@ -68,7 +70,7 @@ class Runtime:
     store: EventStore
     writer: EventWriter
     executor: Executor
-    projector: ProjectionRunner
+    projector: ProjectionRunner | ProjectionFollower
     records: Records
     providers: list[ChatProvider] = field(default_factory=list)
     mcp: Any = None  # McpHub, imported only when [mcp] servers are configured (slow import)
@@ -82,6 +84,9 @@ class Runtime:
         self.projector.start()
         if self.mcp is not None:
             await self.mcp.start()
+        # Start-up objects live forever: keep the collector from rescanning them.
+        gc.collect()
+        gc.freeze()
 
     async def stop(self) -> None:
         if self.sessions is not None:
@@ -115,11 +120,15 @@ def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | N
     faults = env.get(ENV_FAULTS)
     store = open_event_store(data_dir, Path(faults) if faults else None)
     records = Records(log_path(data_dir))
-    projector = ProjectionRunner(
-        store,
-        read_db_path(data_dir),
-        ledger_capacity=settings.options.openai_compat.ledger_capacity,
-    )
+    projector: ProjectionRunner | ProjectionFollower
+    if env.get("BMO_PROJECTOR") == "external":  # `bmo serve` runs it in its own process
+        projector = ProjectionFollower(read_db_path(data_dir))
+    else:
+        projector = ProjectionRunner(
+            store,
+            read_db_path(data_dir),
+            ledger_capacity=settings.options.openai_compat.ledger_capacity,
+        )
     writer = EventWriter(store, on_commit=projector.notify)
     writer.on_failure = lambda events, error: _persist_failed(records, events, error)
     writer.on_recovered = lambda state: _persistence_recovered(records, writer, state)

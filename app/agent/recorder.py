@@ -9,6 +9,7 @@ from app.agent.tools.base import ToolResult
 from app.commands import AppendContent, RecordModelCall, RecordToolCall
 from app.commands.execute import Executor
 from app.providers.base import ToolCall, Usage
+from app.tracing import Tracing
 
 __all__ = ["RunRecorder"]
 
@@ -16,9 +17,13 @@ FLUSH_AT_CHARS = 2048  # content batches: few events per run, never one per toke
 
 
 class RunRecorder:
-    def __init__(self, executor: Executor, run_id: UUID) -> None:
+    def __init__(
+        self, executor: Executor, run_id: UUID, tracing: Tracing | None = None, provider: str = ""
+    ) -> None:
         self._executor = executor
         self._run_id = run_id
+        self._tracing = tracing if tracing is not None else Tracing()
+        self._provider = provider
         self._buffer: list[str] = []
         self._buffered = 0
 
@@ -39,6 +44,16 @@ class RunRecorder:
     async def model_called(
         self, *, step: int, model: str, usage: Usage, latency_ms: float, finish_reason: str
     ) -> None:
+        self._tracing.model_call(
+            self._run_id.hex,
+            provider=self._provider,
+            model=model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            latency_ms=latency_ms,
+            finish_reason=finish_reason,
+            step=step,
+        )
         await self.flush()  # keep content and steps in the order they happened
         await self._executor.execute(
             RecordModelCall(
@@ -54,6 +69,14 @@ class RunRecorder:
         )
 
     async def tool_called(self, *, step: int, call: ToolCall, result: ToolResult, duration_ms: float) -> None:
+        self._tracing.tool_call(
+            self._run_id.hex,
+            name=call.name,
+            ok=result.ok,
+            duration_ms=duration_ms,
+            call_id=call.id,
+            step=step,
+        )
         await self._executor.execute(
             RecordToolCall(
                 run_id=self._run_id,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from app.agent.loop import AgentEvent, ClientToolCalls, Progress, TextChunk, TurnSpec, run_turn
+from app.agent.loop import AgentEvent, ClientToolCalls, Done, Progress, TextChunk, TurnSpec, run_turn
 from app.agent.permissions import Decision, PermissionGate
 from app.agent.recorder import RunRecorder
 from app.agent.router import RESEARCH_PROMPT
@@ -26,6 +26,7 @@ from app.commands.execute import Executor
 from app.events.writer import PersistFailed
 from app.providers.base import ChatMessage, ToolCall, ToolSchema
 from app.providers.catalog import ResolvedModel
+from app.tracing import Tracing
 
 __all__ = ["TurnOptions", "TurnPolicy", "TurnResult", "TurnRunner"]
 
@@ -73,8 +74,11 @@ class TurnRunner:
         workspace: Path,
         policy: TurnPolicy,
         gate: PermissionGate,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self._executor = executor
+        self._tracing = tracing if tracing is not None else Tracing()
         self._tools = tools  # a callable: MCP tools appear once their servers are up
         self._context = ToolContext(workspace=workspace.resolve())
         self._policy = policy
@@ -90,21 +94,28 @@ class TurnRunner:
     ) -> AsyncIterator[AgentEvent]:
         options = options or TurnOptions()
         result = result if result is not None else TurnResult()
-        await self._executor.execute(
-            StartRun(run_id=run_id, at=datetime.now(UTC), model=model.id, message_count=len(messages))
-        )
-        recorder = RunRecorder(self._executor, run_id)
-        async for event in run_turn(self._spec(run_id, model, messages, options), recorder):
-            if isinstance(event, TextChunk):
-                await recorder.content(event.text)
-                if not event.activity:
-                    result.texts.append(event.text)
-            elif isinstance(event, ClientToolCalls):
-                result.client_calls = event.calls
-                await recorder.flush()
-            elif not isinstance(event, Progress):
-                await recorder.flush()
-            yield event
+        done: Done | None = None
+        self._tracing.turn_started(run_id.hex, model.id)
+        try:
+            await self._executor.execute(
+                StartRun(run_id=run_id, at=datetime.now(UTC), model=model.id, message_count=len(messages))
+            )
+            recorder = RunRecorder(self._executor, run_id, self._tracing, model.provider.name)
+            async for event in run_turn(self._spec(run_id, model, messages, options), recorder):
+                if isinstance(event, TextChunk):
+                    await recorder.content(event.text)
+                    if not event.activity:
+                        result.texts.append(event.text)
+                elif isinstance(event, ClientToolCalls):
+                    result.client_calls = event.calls
+                    await recorder.flush()
+                elif not isinstance(event, Progress):
+                    await recorder.flush()
+                if isinstance(event, Done):
+                    done = event
+                yield event
+        finally:
+            self._tracing.turn_ended(run_id.hex, done.outcome if done is not None else None)
 
     def _spec(
         self, run_id: UUID, model: ResolvedModel, messages: tuple[ChatMessage, ...], options: TurnOptions

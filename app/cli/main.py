@@ -7,6 +7,7 @@ import sys
 from cyclopts import App
 
 from app.cli import config_show, dirs, logs, projections, runs, serve
+from app.tui.command import tui_command
 
 __all__ = ["build_cli", "main"]
 
@@ -16,6 +17,7 @@ def build_cli() -> App:
     app.command(serve.serve, name="serve")
     app.command(dirs.dirs, name="dirs")
     app.command(logs.logs, name="logs")
+    app.command(tui_command, name="tui")
     config_app = App(name="config", help="Resolved configuration and ledger, no server needed.")
     config_app.command(config_show.show_openai_compat, name="show-openai-compat")
     config_app.command(config_show.show_openai_compat, name="show-open-webui")
@@ -27,6 +29,7 @@ def build_cli() -> App:
     app.command(runs_app)
     projections_app = App(name="projections", help="Read models: rebuild by replay.")
     projections_app.command(projections.rebuild, name="rebuild")
+    projections_app.command(projections.run, name="run")
     app.command(projections_app)
     return app
 

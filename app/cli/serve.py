@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
 from cyclopts import Parameter
 
-from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROXIES, ENV_TOKEN
+from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROJECTOR, ENV_PROXIES, ENV_TOKEN
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
 from app.http.identity import TrustedProxies
@@ -89,13 +90,17 @@ def serve(
         )
     _recover(settings, data_dir(env))
     _export(bind, config, cwd)
+    projector = _start_projector(settings)
     print(
         f"bmo: serving on http://{bind.host}:{bind.port}/v1 "
         f"(auth {'on' if bind.token else 'off'}, data {data_dir(env)}, workers {workers})",
         file=sys.stderr,
         flush=True,
     )
-    return _run_granian(bind, workers)
+    try:
+        return _run_granian(bind, workers)
+    finally:
+        _stop_projector(projector)
 
 
 def _recover(settings: Settings, data: Path) -> None:
@@ -116,6 +121,26 @@ def _recover(settings: Settings, data: Path) -> None:
         store.close()
     if swept:
         print(f"bmo: recovered {len(swept)} interrupted run(s) as error_500", file=sys.stderr)
+
+
+def _start_projector(settings: Settings) -> subprocess.Popen[bytes]:
+    """The one projector, in a process of its own: no GIL shared with request handling."""
+    os.environ[ENV_PROJECTOR] = "external"
+    capacity = str(settings.options.openai_compat.ledger_capacity)
+    return subprocess.Popen(
+        [sys.executable, "-m", "app", "projections", "run", "--ledger-capacity", capacity],
+        stdin=subprocess.PIPE,  # closing it (or our death) tells the projector to finish
+    )
+
+
+def _stop_projector(projector: subprocess.Popen[bytes]) -> None:
+    """After the workers stopped: let the projector apply the last events, then exit."""
+    if projector.stdin is not None:
+        projector.stdin.close()
+    try:
+        projector.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        projector.kill()
 
 
 def _export(bind: BindDecision, config: Path | None, cwd: Path) -> None:

@@ -15,13 +15,14 @@ from app.http.asgi import BmoAsgi
 from app.http.identity import TrustedProxies
 from app.net import parse_addr
 
-__all__ = ["ENV_ADDR", "ENV_CONFIG", "ENV_CWD", "ENV_PROXIES", "ENV_TOKEN", "asgi"]
+__all__ = ["ENV_ADDR", "ENV_CONFIG", "ENV_CWD", "ENV_PROJECTOR", "ENV_PROXIES", "ENV_TOKEN", "asgi"]
 
 ENV_CONFIG = "BMO_SERVE_CONFIG"
 ENV_ADDR = "BMO_SERVE_ADDR"
 ENV_CWD = "BMO_SERVE_CWD"
 ENV_TOKEN = "BMO_AUTH_TOKEN"
 ENV_PROXIES = "BMO_REQUESTER_TRUSTED_PROXIES"
+ENV_PROJECTOR = "BMO_PROJECTOR"  # "external": `bmo serve` runs the projector process
 
 
 def asgi() -> BmoAsgi:

@@ -7,12 +7,14 @@ Fields are plain JSON types only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from eventsourcing.domain import DomainEvent
+from msgspec.structs import replace
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -190,9 +192,12 @@ RunEvent = (
 TERMINAL_EVENTS = (Finished,)
 
 
-@dataclass(frozen=True, slots=True)
-class RunState:
-    """What decisions about a run need to know; folded from its events."""
+class RunState(msgspec.Struct, frozen=True):
+    """What decisions about a run need to know; folded from its events.
+
+    A msgspec Struct: `structs.replace` is several times cheaper than
+    `dataclasses.replace`, and evolve runs for every event on the hot path.
+    """
 
     run_id: UUID
     version: int = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["Increment", "Insert", "RowOp", "Update", "UpdateWhere", "apply_ops"]
@@ -44,22 +45,35 @@ def apply_ops(conn: sqlite3.Connection, ops: list[RowOp]) -> None:
     for op in ops:
         match op:
             case Insert(table, row):
-                cols = ", ".join(row)
-                marks = ", ".join("?" for _ in row)
-                conn.execute(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", tuple(row.values()))
+                conn.execute(_insert_sql(table, tuple(row)), tuple(row.values()))
             case Update(table, (key_col, key), values):
-                sets = ", ".join(f"{c} = ?" for c in values)
-                conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", (*values.values(), key))
+                conn.execute(_update_sql(table, tuple(values), (key_col,)), (*values.values(), key))
             case UpdateWhere(table, where, values):
-                sets = ", ".join(f"{c} = ?" for c in values)
-                conds = " AND ".join(f"{c} = ?" for c, _ in where)
+                columns = tuple(c for c, _ in where)
                 conn.execute(
-                    f"UPDATE {table} SET {sets} WHERE {conds}",
-                    (*values.values(), *(v for _, v in where)),
+                    _update_sql(table, tuple(values), columns), (*values.values(), *(v for _, v in where))
                 )
             case Increment(table, (key_col, key), column):
-                conn.execute(
-                    f"INSERT INTO {table} ({key_col}, {column}) VALUES (?, 1) "
-                    f"ON CONFLICT({key_col}) DO UPDATE SET {column} = {column} + 1",
-                    (key,),
-                )
+                conn.execute(_increment_sql(table, key_col, column), (key,))
+
+
+# SQL text depends only on the shape of an operation: build each shape once.
+@lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+@lru_cache(maxsize=256)
+def _update_sql(table: str, columns: tuple[str, ...], where: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    conds = " AND ".join(f"{c} = ?" for c in where)
+    return f"UPDATE {table} SET {sets} WHERE {conds}"
+
+
+@lru_cache(maxsize=64)
+def _increment_sql(table: str, key_col: str, column: str) -> str:
+    return (
+        f"INSERT INTO {table} ({key_col}, {column}) VALUES (?, 1) "
+        f"ON CONFLICT({key_col}) DO UPDATE SET {column} = {column} + 1"
+    )

@@ -94,6 +94,10 @@ class ProjectionRunner:
                 return self.position >= position
         return True
 
+    def step(self) -> bool:
+        """Apply one batch (blocking); False when there was nothing new."""
+        return self._step()
+
     def catch_up(self) -> int:
         """Project everything currently in the store (blocking); returns the position."""
         while self._step():

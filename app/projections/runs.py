@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from functools import lru_cache
 from typing import Any
 
+import msgspec
 from eventsourcing.domain import DomainEvent
 
 from app.events.run import Finished, Fired, ModelCalled
@@ -64,11 +66,17 @@ CREATE TABLE IF NOT EXISTS openai_compat_run_events (
 """
 
 _IDENTITY = {"originator_id", "originator_version", "timestamp"}
+_encode = msgspec.json.Encoder().encode
 
 
 def event_data(event: DomainEvent) -> dict[str, Any]:
     """The event's own fields (identity fields are columns of their own)."""
-    return {f.name: getattr(event, f.name) for f in fields(event) if f.name not in _IDENTITY}
+    return {name: getattr(event, name) for name in _own_fields(type(event))}
+
+
+@lru_cache(maxsize=128)
+def _own_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name not in _IDENTITY)
 
 
 def project(event: DomainEvent, position: int) -> list[RowOp]:
@@ -83,7 +91,7 @@ def project(event: DomainEvent, position: int) -> list[RowOp]:
                 "seq": position,
                 "type": type(event).__name__,
                 "at": at,
-                "data": json.dumps(event_data(event), separators=(",", ":")),
+                "data": _encode(event_data(event)).decode(),
             },
         )
     ]

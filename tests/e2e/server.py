@@ -111,3 +111,12 @@ class BmoServer:
         if not self.log_path.exists():
             return []
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+
+    def records_for(self, request_id: str, count: int, timeout: float = 5.0) -> list[dict]:
+        """The records of one request, once at least `count` are written (records are batched)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            mine = [r for r in self.records() if r.get("request_id") == request_id]
+            if len(mine) >= count or time.monotonic() > deadline:
+                return mine
+            time.sleep(0.05)

@@ -287,7 +287,7 @@ def test_recovery_failed_is_recorded(make_server: Callable[..., BmoServer], upst
     assert "no answer" in raw.parse().choices[0].message.content
     run, _ = ledger(server, raw.headers["x-request-id"])
     assert run["outcome"] == "recovery_failed"
-    records = [r for r in server.records() if r.get("request_id") == raw.headers["x-request-id"]]
+    records = server.records_for(raw.headers["x-request-id"], 2)
     action = next(r for r in records if r["msg"] == "openai_compat.action")
     assert action["outcome"] == "recovery_failed" and action["level"] == "warn"
 

@@ -69,6 +69,7 @@ def test_injected_append_failures_under_load(make_server: Callable[..., BmoServe
         headers=server.headers,
     ).json()["data"]
     assert len(rows) == REQUESTS and all(r["outcome"] == "final_answer" for r in rows)
+    wait_until(lambda: any(r["msg"] == "openai_compat.persistence_recovered" for r in server.records()))
     recovered = [r for r in server.records() if r["msg"] == "openai_compat.persistence_recovered"]
     assert recovered and recovered[0]["flushed_events"] > 0 and recovered[0]["overflowed_events"] == 0
 

@@ -256,7 +256,7 @@ def test_allow_ephemeral_overrides_for_one_request(
     assert applied.status_code == 200
     assert upstream.requests[-1]["body"]["model"] == "other-model"
     request_id = applied.headers["x-request-id"]
-    records = [r for r in server.records() if r.get("request_id") == request_id]
+    records = server.records_for(request_id, 3)
     assert [(r["msg"], r.get("outcome"), r.get("terminal")) for r in records] == [
         ("openai_compat.fired", None, None),
         ("openai_compat.action", "model_override_applied", False),

@@ -53,6 +53,7 @@ def test_sweep_finishes_only_open_runs_once(tmp_path: Path) -> None:
     stderr = io.StringIO()
     records = Records(tmp_path / "log.jsonl", stderr=stderr)
     swept = sweep_interrupted(store, read_db_path(tmp_path), records, capacity=100)
+    records.flush()
     assert swept == [open_id.hex]
     conn = open_read_db(read_db_path(tmp_path)).conn
     row = runs.get_run(conn, open_id.hex)

@@ -1,0 +1,71 @@
+"""Slash commands of the input line: parsing only (pure)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+__all__ = ["COMMANDS", "HELP", "Command", "Prompt", "Unknown", "parse_input"]
+
+# name typed → canonical command
+COMMANDS: dict[str, str] = {
+    "openai-compat": "posture",
+    "openwebui": "posture",
+    "run-ledger": "ledger",
+    "ledger": "ledger",
+    "runs": "runs",
+    "questions": "questions",
+    "help": "help",
+    "quit": "quit",
+    "exit": "quit",
+}
+
+HELP: tuple[tuple[str, str], ...] = (
+    ("/openai-compat  (/openwebui)", "live posture report: policies, models, ledger, routes, UAs"),
+    ("/run-ledger  (/ledger)", "ledger size, degraded flag, newest rows (all routes)"),
+    ("/runs [N|ID]", "recent chat runs; Enter (or N / an id prefix) replays its timeline"),
+    ("/questions [allow|deny N]", "pending permission questions: allow or deny"),
+    ("/help", "this help"),
+    ("/quit  (/exit)", "leave (a self-started server is stopped)"),
+    ("anything else", "is sent to the agent as a prompt (model bmo/local: 'list files')"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str  # canonical: posture | ledger | runs | questions | help | quit
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    typed: str
+    message: str
+
+
+def parse_input(text: str) -> Command | Prompt | Unknown | None:
+    """What the input line means; None for a blank line."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if not stripped.startswith("/") or stripped.startswith("//"):
+        return Prompt(stripped[1:] if stripped.startswith("//") else stripped)
+    words = stripped[1:].split()
+    if not words:
+        return Unknown("/", "type a command after '/', e.g. /help")
+    word, *args = words
+    name = COMMANDS.get(word.lower())
+    if name is not None:
+        return Command(name, tuple(args))
+    close = difflib.get_close_matches(word.lower(), COMMANDS, n=1, cutoff=0.6)
+    hint = f"did you mean /{close[0]}? " if close else ""
+    known = " ".join(f"/{c}" for c in COMMANDS)
+    return Unknown(
+        f"/{word}",
+        f"unknown command /{word}: {hint}commands are {known} (/help). Start a prompt with // to send a slash.",
+    )

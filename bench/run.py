@@ -1,0 +1,556 @@
+"""`python -m bench.run`: the whole benchmark in one command, then `docs/performance.md`.
+
+Starts a mock upstream, bmo, the bare pass-through and LiteLLM (in its own
+network namespace when `unshare -n` works), then for each metric runs the
+arms one after another (direct, bmo, bare, litellm), `--rounds` times, so
+that background noise hits every arm alike. Every process it starts is in its
+own process group and is killed on exit, failure or SIGTERM. Traffic goes to
+127.0.0.1 only. Raw results: `bench/results/latest.json`.
+
+    python -m bench.run              # defaults: 10 s runs, 2 rounds, < 10 minutes
+    python -m bench.run --quick      # a ~2-3 minute smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import arms as arms_mod
+from bench.arms import PROBE_MODEL, REPO, Arm
+from bench.procs import Procs, tree_cpu_seconds, tree_rss_mb
+from bench.setup_deps import ensure_all
+from bench.wrk import parse_wrk, write_script, wrk_argv
+
+__all__ = ["main"]
+
+ARM_ORDER = ("direct", "bmo", "bare", "litellm")
+RESULTS = REPO / "bench" / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    duration: float  # headline wrk runs (c=1, c=32)
+    short: float  # secondary runs (TTFT, c=8, c=64)
+    rounds: int
+    warmup: float
+    rates: tuple[float, ...]  # open-loop sweep, requests/s
+    step: float  # seconds per sweep rate
+    lag_rate: float
+    lag_interval: float
+    hold_streams: int
+    hold_ms: int
+    limit_s: float  # stop starting new work after this many seconds
+    litellm: bool
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        return Plan(
+            duration=args.duration or 2.0,
+            short=2.0,
+            rounds=args.rounds or 1,
+            warmup=1.0,
+            rates=(100.0, 500.0, 1000.0),
+            step=2.0,
+            lag_rate=500.0,
+            lag_interval=0.05,
+            hold_streams=200,
+            hold_ms=2500,
+            limit_s=args.limit,
+            litellm=not args.no_litellm,
+        )
+    duration = args.duration or 10.0
+    return Plan(
+        duration=duration,
+        short=max(2.0, duration * 0.4),
+        rounds=args.rounds or 2,
+        warmup=3.0,
+        rates=(100.0, 500.0, 1000.0, 2000.0),
+        step=3.0,
+        lag_rate=500.0,
+        lag_interval=0.05,
+        hold_streams=1000,
+        hold_ms=4000,
+        limit_s=args.limit,
+        litellm=not args.no_litellm,
+    )
+
+
+@dataclass
+class Metric:
+    key: str
+    title: str
+    kind: str  # wrk | ttft | openloop | hold
+    concurrency: int = 1
+    stream: bool = False
+    duration: float = 0.0
+    rate: float = 0.0
+    only: tuple[str, ...] = ()  # arms; empty = all
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str = ""
+
+
+@dataclass
+class Harness:
+    plan: Plan
+    procs: Procs
+    work: Path
+    started: float
+    arms: dict[str, Arm] = field(default_factory=dict)
+    scripts: dict[tuple[str, bool], Path] = field(default_factory=dict)
+    metrics: list[Metric] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    otlp: tuple[int, Path] | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def fits(self, seconds: float) -> bool:
+        return self.elapsed() + seconds <= self.plan.limit_s
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def count_events(arm: Arm) -> int | None:
+    if arm.data_dir is None or not (arm.data_dir / "events.db").exists():
+        return None
+    uri = f"file:{arm.data_dir / 'events.db'}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def _json_out(rc_out: tuple[int, str]) -> dict[str, Any]:
+    rc, out = rc_out
+    for line in reversed(out.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"tool exited {rc} without a result: {out[-400:]}")
+
+
+def measure(
+    h: Harness,
+    arm: Arm,
+    argv: list[str],
+    parse: Callable[[tuple[int, str]], dict[str, Any]],
+    *,
+    timeout: float,
+    side: list[str] | None = None,
+) -> dict[str, Any]:
+    """One tool run against one arm, with the server tree's CPU, RSS and (bmo) events around it."""
+    peak = [0.0]
+
+    def tick() -> None:
+        peak[0] = max(peak[0], tree_rss_mb(arm.roots))
+
+    events_before = count_events(arm)
+    cpu_before = tree_cpu_seconds(arm.roots).seconds
+    wall_start = time.monotonic()
+    outs = h.procs.run_tools([argv] + ([side] if side else []), cwd=REPO, timeout=timeout, on_tick=tick)
+    wall = time.monotonic() - wall_start
+    cpu = tree_cpu_seconds(arm.roots).seconds - cpu_before
+    result = parse(outs[0])
+    requests = max(1, int(result.get("requests", 0)))
+    result["cpu_s"] = cpu
+    result["cpu_ms_per_req"] = cpu * 1000 / requests
+    result["cpu_util"] = cpu / wall if wall else math.nan
+    result["rss_end_mb"] = tree_rss_mb(arm.roots)
+    result["rss_peak_mb"] = max(peak[0], result["rss_end_mb"])
+    if side:
+        result["side"] = _json_out(outs[1])
+    events_after = count_events(arm)
+    if events_before is not None and events_after is not None:
+        appended = events_after - events_before
+        result["events"] = appended
+        result["events_per_req"] = appended / requests
+        result["events_per_s"] = appended / result["seconds"] if result.get("seconds") else math.nan
+    return result
+
+
+def _tool(arm: Arm, module: str, *extra: str) -> list[str]:
+    argv = [*arm.prefix, sys.executable, "-m", module, *extra]
+    return [*argv, "--port", str(arm.port), "--token", arm.token]
+
+
+def run_one(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
+    if metric.kind == "wrk":
+        script = h.scripts[(arm.name, metric.stream)]
+        argv = wrk_argv(
+            arm.port, script, connections=metric.concurrency, duration=metric.duration, prefix=arm.prefix
+        )
+        return measure(h, arm, argv, lambda o: parse_wrk(o[1]), timeout=metric.duration + 30)
+    if metric.kind == "ttft":
+        argv = _tool(arm, "bench.ttft", "--model", arm.model)
+        argv += ["--concurrency", str(metric.concurrency), "--duration", str(metric.duration)]
+        return measure(h, arm, argv, _ttft_parse, timeout=metric.duration + 30)
+    if metric.kind == "openloop":
+        return _openloop(h, metric, arm)
+    if metric.kind == "hold":
+        return _hold(h, metric, arm)
+    raise ValueError(metric.kind)
+
+
+def _ttft_parse(out: tuple[int, str]) -> dict[str, Any]:
+    result = _json_out(out)
+    result["seconds"] = result["elapsed_s"]
+    result["rps"] = result["requests"] / result["elapsed_s"] if result["elapsed_s"] else 0.0
+    return result
+
+
+def _openloop(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
+    argv = _tool(arm, "bench.openloop", "load", "--model", arm.model)
+    argv += ["--rate", str(metric.rate), "--duration", str(metric.duration), "--drain", "5"]
+    side = None
+    if arm.name == "bmo" and metric.rate == h.plan.lag_rate:
+        side = [*arm.prefix, sys.executable, "-m", "bench.openloop", "lag", "--port", str(arm.port)]
+        side += ["--token", arm.token, "--model", f"mock/{PROBE_MODEL}", "--duration", str(metric.duration)]
+        side += ["--interval", str(h.plan.lag_interval)]
+
+    def parse(out: tuple[int, str]) -> dict[str, Any]:
+        result = _json_out(out)
+        result["seconds"] = result["duration_s"]
+        return result
+
+    return measure(h, arm, argv, parse, timeout=metric.duration + 30, side=side)
+
+
+def _hold(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
+    """`--hold-streams` streams open at once (the mock holds each for hold_ms); peak RSS."""
+    baseline = tree_rss_mb(arm.roots)
+    hold_s = h.plan.hold_ms / 1000
+    ramp = min(1.0, hold_s / 3)
+    argv = _tool(arm, "bench.ttft", "--model", arm.model, "--once")
+    argv += ["--concurrency", str(metric.concurrency), "--ramp-s", str(ramp), "--duration", str(ramp + 0.5)]
+    argv += ["--grace", str(hold_s + 20), "--content", f"hold please __hold_ms={h.plan.hold_ms}__"]
+    result = measure(h, arm, argv, _ttft_parse, timeout=hold_s + 40)
+    result["rss_baseline_mb"] = baseline
+    opened = max(1, result.get("max_open", 0))
+    result["rss_per_stream_kb"] = (result["rss_peak_mb"] - baseline) * 1024 / opened
+    return result
+
+
+# ---------------------------------------------------------------- plan of metrics
+
+
+def build_metrics(plan: Plan) -> list[Metric]:
+    d, s = plan.duration, plan.short
+    metrics = [
+        Metric("ns_c1", "Non-streaming, c=1 (wrk)", "wrk", 1, False, d),
+        Metric("ns_c32", "Non-streaming, c=32 (wrk)", "wrk", 32, False, d),
+        Metric("st_c32", "Streaming 20 chunks, c=32 (wrk, time to last byte)", "wrk", 32, True, d),
+        Metric("ttft_c1", "Streaming TTFT / TTLB, c=1 (raw client)", "ttft", 1, True, s),
+        Metric("ns_c8", "Non-streaming, c=8 (wrk)", "wrk", 8, False, s),
+        Metric("ns_c64", "Non-streaming, c=64 (wrk)", "wrk", 64, False, s),
+    ]
+    for rate in plan.rates:
+        metrics.append(
+            Metric(f"ol_{int(rate)}", f"Open loop {int(rate)} req/s", "openloop", 0, False, plan.step, rate)
+        )
+    metrics.append(
+        Metric(
+            "hold",
+            f"{plan.hold_streams} concurrent open streams",
+            "hold",
+            plan.hold_streams,
+            True,
+            plan.hold_ms / 1000,
+            only=("direct", "bmo", "bare"),
+        )
+    )
+    metrics.append(Metric("ttft_c32", "Streaming TTFT / TTLB, c=32 (raw client)", "ttft", 32, True, s))
+    return metrics
+
+
+def _estimate(metric: Metric, arms: int) -> float:
+    overhead = 0.6 if metric.kind == "wrk" else 1.2
+    if metric.kind == "hold":
+        overhead += 3
+    return arms * (metric.duration + overhead)
+
+
+def run_metric(h: Harness, metric: Metric) -> None:
+    names = [n for n in ARM_ORDER if n in h.arms and (not metric.only or n in metric.only)]
+    for index in range(h.plan.rounds):
+        if not h.fits(_estimate(metric, len(names))):
+            metric.skipped = f"time budget ({h.plan.limit_s:.0f} s) reached after {index} round(s)"
+            h.notes.append(f"{metric.key}: {metric.skipped}")
+            return
+        round_result: dict[str, Any] = {}
+        for name in names:
+            arm = h.arms[name]
+            if metric.kind == "openloop" and _saturated_before(metric, h, name, index):
+                round_result[name] = {"skipped": "saturated at a lower rate"}
+                continue
+            try:
+                round_result[name] = run_one(h, metric, arm)
+            except Exception as exc:  # one failed run must not lose the others
+                round_result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            _progress(h, metric, index, name, round_result[name])
+        metric.rounds.append(round_result)
+
+
+def saturated(result: dict[str, Any]) -> bool:
+    if "skipped" in result or "error" in result:
+        return True
+    offered = result["offered_rps"]
+    return (
+        result["achieved_rps"] < 0.9 * offered
+        or result["dropped"] > 0
+        or result["errors"] > 0.01 * offered * result["duration_s"]
+        or result["latency_ms"]["p99"] > 1000
+    )
+
+
+def _saturated_before(metric: Metric, h: Harness, arm: str, index: int) -> bool:
+    for other in h.metrics:
+        if other is metric:
+            return False
+        if other.kind == "openloop" and len(other.rounds) > index and arm in other.rounds[index]:
+            if saturated(other.rounds[index][arm]):
+                return True
+    return False
+
+
+def _progress(h: Harness, metric: Metric, index: int, arm: str, result: dict[str, Any]) -> None:
+    keys = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "achieved_rps", "errors", "error", "skipped")
+    brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k in keys}
+    if "ttft_ms" in result:
+        brief["ttft_p50"] = round(result["ttft_ms"]["p50"], 3)
+    print(f"[{h.elapsed():6.1f}s] {metric.key} r{index + 1} {arm}: {brief}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def start_all(h: Harness) -> None:
+    procs, work = h.procs, h.work
+    mock_port, mock_pid = arms_mod.start_mock(procs, "mock")
+    h.arms["direct"] = arms_mod.start_direct(mock_port, mock_pid)
+    sink = arms_mod.start_otlp_sink(procs, work)
+    h.otlp = sink
+    h.arms["bmo"] = arms_mod.start_bmo(procs, mock_port, work, sink[0] if sink else None)
+    h.arms["bare"] = arms_mod.start_bare(procs, mock_port)
+    if h.plan.litellm:
+        try:
+            netns = arms_mod.start_netns(procs)
+            h.arms["litellm"] = arms_mod.start_litellm(procs, work, netns, mock_port)
+        except Exception as exc:
+            h.notes.append(f"LiteLLM did not start: {type(exc).__name__}: {exc}")
+    for arm in h.arms.values():
+        for stream in (False, True):
+            path = work / f"{arm.name}_{'stream' if stream else 'plain'}.lua"
+            h.scripts[(arm.name, stream)] = write_script(
+                path, model=arm.model, token=arm.token, stream=stream
+            )
+
+
+def warm_up(h: Harness) -> dict[str, Any]:
+    """wrk at c=32 for `warmup` seconds non-streaming and 1 s streaming, per arm; not reported."""
+    out: dict[str, Any] = {}
+    for name in [n for n in ARM_ORDER if n in h.arms]:
+        arm = h.arms[name]
+        for stream, seconds in ((False, h.plan.warmup), (True, 1.0)):
+            argv = wrk_argv(
+                arm.port, h.scripts[(name, stream)], connections=32, duration=seconds, prefix=arm.prefix
+            )
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+            result = parse_wrk(done.stdout)
+            out[f"{name}_{'stream' if stream else 'plain'}"] = result
+            if result["requests"] and result["errors"] >= result["requests"]:
+                h.notes.append(f"{name}: every warm-up request failed ({result}); arm dropped")
+                h.arms.pop(name)
+                break
+    return out
+
+
+# ---------------------------------------------------------------- facts
+
+
+def _cmd(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (done.stdout or done.stderr).strip()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = (
+        "bmo",
+        "litestar",
+        "granian",
+        "aiohttp",
+        "msgspec",
+        "eventsourcing",
+        "uvloop",
+        "opentelemetry-sdk",
+    )
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    py = arms_mod.LITELLM_VENV / "bin" / "python"
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    found["litellm"] = _cmd([str(py), "-c", code]) if py.exists() else "absent"
+    return found
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in ln
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(
+        next(
+            ln.split()[1]
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        )
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": _cmd(["wrk", "-v"]).splitlines()[0] if _cmd(["wrk", "-v"]) else "",
+        "sqlite": sqlite3.sqlite_version,
+        "versions": _versions(),
+    }
+
+
+def uptime() -> str:
+    return _cmd(["uptime"])
+
+
+def busy_cores(seconds: float = 2.0) -> float:
+    """How many cores' worth of CPU the whole machine used over `seconds` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = sample()
+    time.sleep(seconds)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- main
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=None, help="seconds per headline run (default 10)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per metric (default 2)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~2-3 minutes)")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM arm")
+    parser.add_argument("--limit", type=float, default=540.0, help="start no new run after this many seconds")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
+    return parser.parse_args(argv)
+
+
+def _on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    signal.signal(signal.SIGTERM, _on_term)
+    started = time.monotonic()
+    plan = make_plan(args)
+    ensure_all(plan.litellm)
+    facts = machine_facts()
+    load_before, busy_before = uptime(), busy_cores()
+    with tempfile.TemporaryDirectory(prefix="bmo-bench-") as tmp:
+        work = Path(tmp)
+        (work / "logs").mkdir()
+        h = Harness(plan, Procs(work / "logs"), work, started)
+        h.metrics = build_metrics(plan)
+        warm: dict[str, Any] = {}
+        try:
+            start_all(h)
+            print(f"[{h.elapsed():6.1f}s] arms up: {sorted(h.arms)}", file=sys.stderr, flush=True)
+            warm = warm_up(h)
+            for metric in h.metrics:
+                run_metric(h, metric)
+        finally:
+            h.procs.stop_all()
+            otlp = _otlp_counts(h)
+            _keep_logs(work)
+        results = {
+            "meta": {
+                "command": "python -m bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
+                "plan": asdict(plan),
+                "facts": facts,
+                "uptime_before": load_before,
+                "uptime_after": uptime(),
+                "busy_cores_before": busy_before,
+                "busy_cores_after": busy_cores(),
+                "elapsed_s": time.monotonic() - started,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "notes": h.notes,
+                "otlp": otlp,
+            },
+            "arms": {
+                n: {"port": a.port, "model": a.model, "notes": a.notes, "netns": bool(a.prefix)}
+                for n, a in h.arms.items()
+            },
+            "warmup": warm,
+            "metrics": [asdict(m) for m in h.metrics],
+        }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1, default=str))
+    from bench.report import write_report
+
+    write_report(results, args.out)
+    print(f"bench: wrote {args.out} and {RESULTS} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _otlp_counts(h: Harness) -> dict[str, Any] | None:
+    if h.otlp is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(h.otlp[1].read_text())
+    return None
+
+
+def _keep_logs(work: Path) -> None:
+    """Copy the servers' logs next to the results for a post-mortem."""
+    dest = RESULTS.parent / "logs"
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in (work / "logs").glob("*.log"):
+        data = log.read_bytes()
+        (dest / log.name).write_bytes(data[-200_000:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

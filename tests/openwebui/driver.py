@@ -1,0 +1,213 @@
+"""Drive a running Open WebUI the way its web page does. Runs INSIDE the Open WebUI venv.
+
+    <venv>/bin/python driver.py turn    < request.json   # socket.io + POST /api/chat/completions
+    <venv>/bin/python driver.py browser < request.json   # headless Debian Chromium via Playwright
+
+It reads one JSON object on stdin and prints one JSON object on stdout. It only
+uses what that venv has (python-socketio, the version Open WebUI itself pins;
+aiohttp; playwright), so the test interpreter needs none of them: the tests
+start this script as a subprocess and assert on its output and on what Open
+WebUI stored (`GET /api/v1/chats/{id}`) and what bmo recorded.
+
+`turn` (open-webui.md §3.3, "UI path without a browser"):
+  1. connect socket.io at BASE (`/ws/socket.io`, auth token), emit `user-join`;
+  2. POST /api/chat/completions with the page's body, `session_id` = our sid;
+  3. wait for `chat:completion` with `done: true` (or `chat:message:error`),
+     then (optionally) for the background-task events (`chat:title`, follow-ups, tags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+_TASK_EVENTS = {
+    "title_generation": "chat:title",
+    "follow_up_generation": "chat:message:follow_ups",
+    "tags_generation": "chat:tags",
+}
+
+
+async def _signin(http: aiohttp.ClientSession, base: str) -> str:
+    async with http.post(f"{base}/api/v1/auths/signin", json={"email": "", "password": ""}) as r:
+        r.raise_for_status()
+        return (await r.json())["token"]
+
+
+async def _model_item(http: aiohttp.ClientSession, base: str, token: str, model: str) -> dict[str, Any]:
+    async with http.get(f"{base}/api/models", headers={"Authorization": f"Bearer {token}"}) as r:
+        r.raise_for_status()
+        models = (await r.json())["data"]
+    for item in models:
+        if item.get("id") == model:
+            return item
+    return {"id": model}  # not listed: Open WebUI will answer "Model not found"
+
+
+async def turn(req: dict[str, Any]) -> dict[str, Any]:
+    import socketio  # the venv's own python-socketio (Open WebUI pins it)
+
+    base: str = req["base"]
+    model: str = req["model"]
+    timeout: float = float(req.get("timeout", 90))
+    wait_tasks: list[str] = list(req.get("wait_tasks", []))
+    started = time.monotonic()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        token = req.get("token") or await _signin(http, base)
+        auth = {"Authorization": f"Bearer {token}"}
+        item = await _model_item(http, base, token, model)
+
+        events: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        finished = asyncio.Event()
+        tasks_done = asyncio.Event()
+        assistant_id = str(uuid.uuid4())
+
+        sio = socketio.AsyncClient(reconnection=False)
+
+        @sio.on("events")
+        async def on_event(payload: dict[str, Any]) -> None:
+            data = payload.get("data") or {}
+            kind = data.get("type", "")
+            if payload.get("message_id") not in (None, assistant_id) and kind.startswith("chat:completion"):
+                return
+            events.append({"type": kind, "data": data.get("data")})
+            seen.add(kind)
+            inner = data.get("data") or {}
+            if kind == "chat:completion" and isinstance(inner, dict) and inner.get("done"):
+                finished.set()
+            if kind == "chat:message:error":
+                finished.set()
+            if all(_TASK_EVENTS[t] in seen for t in wait_tasks):
+                tasks_done.set()
+
+        await sio.connect(
+            base, socketio_path="/ws/socket.io", auth={"token": token}, transports=["websocket"]
+        )
+        try:
+            await sio.emit("user-join", {"auth": {"token": token}})
+            user_id = str(uuid.uuid4())
+            parent_id = req.get("parent_id")
+            history = list(req.get("history", []))
+            messages = [*history, {"role": "user", "content": req["prompt"]}]
+            body: dict[str, Any] = {
+                "stream": True,
+                "model": model,
+                "messages": messages,
+                "params": {},
+                "features": {},
+                "variables": {},
+                "tool_servers": [],
+                "model_item": item,
+                "session_id": sio.get_sid("/"),
+                "id": assistant_id,
+                "parent_id": parent_id,
+                "user_message": {
+                    "id": user_id,
+                    "parentId": parent_id,
+                    "childrenIds": [assistant_id],
+                    "role": "user",
+                    "content": req["prompt"],
+                    "timestamp": int(time.time()),
+                    "models": [model],
+                },
+                "background_tasks": req.get(
+                    "background_tasks",
+                    {"title_generation": True, "tags_generation": True, "follow_up_generation": True},
+                ),
+            }
+            if req.get("chat_id"):
+                body["chat_id"] = req["chat_id"]
+            async with http.post(f"{base}/api/chat/completions", json=body, headers=auth) as r:
+                status = r.status
+                reply = await r.json(content_type=None)
+            result: dict[str, Any] = {
+                "post_status": status,
+                "post_reply": reply,
+                "assistant_id": assistant_id,
+                "user_message_id": user_id,
+                "chat_id": (reply or {}).get("chat_id") if isinstance(reply, dict) else None,
+            }
+            if status == 200:
+                try:
+                    await asyncio.wait_for(finished.wait(), timeout)
+                    result["done"] = True
+                except TimeoutError:
+                    result["done"] = False
+                if wait_tasks and result["done"]:
+                    try:
+                        await asyncio.wait_for(tasks_done.wait(), timeout)
+                    except TimeoutError:
+                        pass
+        finally:
+            await sio.disconnect()
+        result["events"] = events
+        result["elapsed_s"] = round(time.monotonic() - started, 2)
+        return result
+
+
+async def browser(req: dict[str, Any]) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    base: str = req["base"]
+    timeout_ms = int(float(req.get("timeout", 90)) * 1000)
+    started = time.monotonic()
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(
+            executable_path=req.get("executable", "/usr/bin/chromium"),
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={req['user_data_dir']}",
+            ],
+        )
+        try:
+            page = await chromium.new_page(viewport={"width": 1280, "height": 800})
+            await page.goto(f"{base}/?model={req['model']}", timeout=timeout_ms)
+            chat_input = page.locator("#chat-input")
+            await chat_input.wait_for(state="visible", timeout=timeout_ms)
+            await chat_input.click()
+            await page.keyboard.type(req["prompt"])
+            await page.keyboard.press("Enter")
+            expect = req["expect"]
+            await page.wait_for_function(
+                "text => document.body.innerText.includes(text)", arg=expect, timeout=timeout_ms
+            )
+            for text in req.get("also_wait_for", []):  # e.g. the follow-up suggestions
+                try:
+                    await page.wait_for_function(
+                        "text => document.body.innerText.includes(text)", arg=text, timeout=timeout_ms // 3
+                    )
+                except Exception:
+                    pass
+            await page.wait_for_timeout(int(req.get("settle_ms", 1500)))
+            await page.screenshot(path=req["screenshot"], full_page=False)
+            text = await page.evaluate("document.body.innerText")
+            url = page.url
+        finally:
+            await chromium.close()
+    return {"page_text": text, "url": url, "elapsed_s": round(time.monotonic() - started, 2)}
+
+
+def main() -> None:
+    command = sys.argv[1]
+    req = json.loads(sys.stdin.read())
+    handler = {"turn": turn, "browser": browser}[command]
+    print(json.dumps(asyncio.run(handler(req))))
+
+
+if __name__ == "__main__":
+    main()
