@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from eventsourcing.domain import DomainEvent
 
-from app.commands.session_base import SessionCommand, stamp_session
-from app.events.session import RunActivated, RunQueued, SessionOpened, SessionState
+from app.commands.session_base import SessionCommand, opening, stamp_session
+from app.events.session import RunActivated, RunQueued, SessionState
 
 __all__ = ["AdmitRun", "SessionQueueFull", "decide"]
 
@@ -24,16 +24,7 @@ class AdmitRun(SessionCommand, frozen=True, kw_only=True):
 
 
 def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
-    events: list[DomainEvent] = []
-    if not state.opened:
-        events.append(
-            SessionOpened(
-                **stamp_session(state, cmd.at),
-                session_id=cmd.session_id,
-                model=cmd.model,
-                requester=cmd.requester,
-            )
-        )
+    events: list[DomainEvent] = [*opening(state, cmd.at, cmd.session_id, cmd.model, cmd.requester)]
     if not state.busy:
         events.append(
             RunActivated(

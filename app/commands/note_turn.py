@@ -6,8 +6,8 @@ from typing import Any
 
 from eventsourcing.domain import DomainEvent
 
-from app.commands.session_base import SessionCommand, stamp_session
-from app.events.session import SessionOpened, SessionState, TurnNoted
+from app.commands.session_base import SessionCommand, opening, stamp_session
+from app.events.session import SessionState, TurnNoted
 
 __all__ = ["NoteTurn", "decide"]
 
@@ -20,15 +20,6 @@ class NoteTurn(SessionCommand, frozen=True, kw_only=True):
 
 
 def decide(state: SessionState, cmd: NoteTurn) -> tuple[DomainEvent, ...]:
-    events: list[DomainEvent] = []
-    if not state.opened:
-        events.append(
-            SessionOpened(
-                **stamp_session(state, cmd.at),
-                session_id=cmd.session_id,
-                model=cmd.model,
-                requester=cmd.requester,
-            )
-        )
+    events: list[DomainEvent] = [*opening(state, cmd.at, cmd.session_id, cmd.model, cmd.requester)]
     events.append(TurnNoted(**stamp_session(state, cmd.at, len(events) + 1), turn=cmd.turn))
     return tuple(events)

@@ -8,9 +8,9 @@ from uuid import UUID
 
 import msgspec
 
-from app.events.session import SessionState
+from app.events.session import SessionOpened, SessionState
 
-__all__ = ["SessionCommand", "stamp_session"]
+__all__ = ["SessionCommand", "opening", "stamp_session"]
 
 
 class SessionCommand(msgspec.Struct, frozen=True, kw_only=True):
@@ -24,3 +24,14 @@ def stamp_session(state: SessionState, at: datetime, offset: int = 1) -> dict[st
         "originator_version": state.version + offset,
         "timestamp": at,
     }
+
+
+def opening(
+    state: SessionState, at: datetime, session_id: str, model: str, requester: str
+) -> list[SessionOpened]:
+    """The SessionOpened event a first command on a session starts with (none once opened)."""
+    if state.opened:
+        return []
+    return [
+        SessionOpened(**stamp_session(state, at), session_id=session_id, model=model, requester=requester)
+    ]
