@@ -67,6 +67,7 @@ class EventWriter:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _saving: asyncio.Future[int] | None = None
 
     def start(self) -> None:
         self._idle.set()
@@ -97,6 +98,13 @@ class EventWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._saving is not None:  # a save still running in its thread: let it finish
+            await asyncio.wait({self._saving}, timeout=timeout)
+
+    async def _in_thread(self, events: Sequence[DomainEvent]) -> int:
+        """Save on a worker thread; shielded so cancelling us never abandons a save mid-way."""
+        self._saving = asyncio.get_running_loop().run_in_executor(None, self.store.save, events)
+        return await asyncio.shield(self._saving)
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -115,7 +123,7 @@ class EventWriter:
     async def _save(self, batch: list[_Submission]) -> bool:
         events = [e for s in batch for e in s.events]
         try:
-            position = await asyncio.to_thread(self.store.save, events)
+            position = await self._in_thread(events)
         except IntegrityError:
             await self._save_one_by_one(batch)
             return True
@@ -128,7 +136,7 @@ class EventWriter:
     async def _save_one_by_one(self, batch: list[_Submission]) -> None:
         for submission in batch:
             try:
-                position = await asyncio.to_thread(self.store.save, submission.events)
+                position = await self._in_thread(submission.events)
             except IntegrityError as exc:
                 self._drop(submission)
                 if not submission.done.done():

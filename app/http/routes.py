@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["UNPROTECTED_PATHS", "route_name"]
 
+_SLASHES = re.compile(r"/{2,}")
 UNPROTECTED_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no token
 _UNRECORDED_PREFIXES = ("/healthz", "/readyz", "/schema")
 
@@ -16,7 +19,13 @@ _EXACT = {
 
 
 def route_name(path: str) -> str | None:
-    """None for paths that are not part of the compat surface (probes, schema)."""
+    """None for paths that are not part of the compat surface (probes, schema).
+
+    Doubled slashes (`/v1//models`, from a base URL with a trailing slash) are
+    served by the router, so they are named like the route they reach.
+    """
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
     name = _EXACT.get(path)
     if name is not None:
         return name

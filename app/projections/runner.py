@@ -57,6 +57,7 @@ class ProjectionRunner:
         self.position = self._read_position()
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stepping: asyncio.Future[bool] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="projector")
@@ -76,7 +77,13 @@ class ProjectionRunner:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._stepping is not None:  # never close the database under a running step
+            await asyncio.wait({self._stepping}, timeout=10)
         self._db.close()
+
+    async def _step_in_thread(self) -> bool:
+        self._stepping = asyncio.get_running_loop().run_in_executor(None, self._step)
+        return await asyncio.shield(self._stepping)
 
     async def wait_for(self, position: int, timeout: float) -> bool:
         """True once everything up to `position` is projected."""
@@ -107,7 +114,7 @@ class ProjectionRunner:
     async def _run(self) -> None:
         while True:
             try:
-                while await asyncio.to_thread(self._step):
+                while await self._step_in_thread():
                     self._advanced.set()  # set here: asyncio events are not thread-safe
                 self._advanced.set()
                 self.last_error = None

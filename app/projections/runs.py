@@ -182,11 +182,15 @@ def run_count(conn: Any) -> int:
     return conn.execute("SELECT count(*) FROM openai_compat_runs").fetchone()[0]
 
 
+OPERATOR_ROUTES = ("posture", "runs_list", "run_events_list")
+
+
 def recent_outcomes(conn: Any, n: int = 5) -> list[dict[str, Any]]:
+    """The last terminal outcomes of client traffic (an operator's own polling would crowd them out)."""
     rows = conn.execute(
         "SELECT request_id, elapsed_ms, outcome FROM openai_compat_runs "
-        "WHERE ended_seq IS NOT NULL ORDER BY ended_seq DESC LIMIT ?",
-        (n,),
+        "WHERE ended_seq IS NOT NULL AND route NOT IN (?, ?, ?) ORDER BY ended_seq DESC LIMIT ?",
+        (*OPERATOR_ROUTES, n),
     )
     return [{"request_id": r, "elapsed_ms": e, "outcome": o} for r, e, o in rows]
 
