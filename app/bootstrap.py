@@ -42,6 +42,7 @@ from app.providers.catalog import ModelCatalog
 from app.providers.local import LocalProvider
 from app.providers.openai import OpenAIProvider
 from app.telemetry import Records, log_path
+from app.tracing import build_tracing
 
 __all__ = ["Bind", "Runtime", "build_asgi", "is_loopback_host", "parse_addr"]
 
@@ -119,7 +120,7 @@ def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | N
     env = env if env is not None else {}
     faults = env.get(ENV_FAULTS)
     store = open_event_store(data_dir, Path(faults) if faults else None)
-    records = Records(log_path(data_dir))
+    records = Records(log_path(data_dir), tracing=build_tracing(settings.options.telemetry.otel, env))
     projector: ProjectionRunner | ProjectionFollower
     if env.get("BMO_PROJECTOR") == "external":  # `bmo serve` runs it in its own process
         projector = ProjectionFollower(read_db_path(data_dir))
@@ -213,7 +214,9 @@ def build_asgi(
         show_tool_activity=compat.show_tool_activity,
     )
     gate = PermissionGate(runtime.executor, runtime.store, timeout_s=compat.permission_timeout_s)
-    turns = TurnRunner(runtime.executor, runtime.tools, workspace, policy, gate)
+    turns = TurnRunner(
+        runtime.executor, runtime.tools, workspace, policy, gate, tracing=runtime.records.tracing
+    )
     defaults = RouteDefaults(
         tool_policy=compat.tool_policy,
         ambiguity_action=compat.ambiguity_action,

@@ -78,6 +78,7 @@ class Tracing:
 
     @property
     def enabled(self) -> bool:
+        """True while spans are being recorded (False when disabled or after shutdown)."""
         return self._sdk is not None
 
     @property
@@ -193,6 +194,7 @@ class Tracing:
                 span.set_attribute("bmo.abandoned", True)
                 span.end()
             spans.clear()
+        self._sdk = None  # from now on every call is a no-op
         self._pipeline.shutdown(timeout)
 
     # internals

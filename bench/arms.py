@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,7 +199,10 @@ def litellm_env(key: str) -> dict[str, str]:
     return env
 
 
-def start_litellm(procs: Procs, work: Path, netns: Netns | None, host_mock: int) -> Arm:
+def start_litellm(
+    procs: Procs, work: Path, netns: Netns | None, host_mock: int
+) -> tuple[Arm, Callable[[], None]]:
+    """Spawn LiteLLM (it takes ~10-20 s to start); returns the arm and a function that waits for it."""
     prefix = netns.prefix if netns else []
     notes: list[str] = []
     if netns is not None:
@@ -213,7 +217,9 @@ def start_litellm(procs: Procs, work: Path, netns: Netns | None, host_mock: int)
     argv = [*prefix, str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     proc = procs.spawn("litellm", argv, cwd=work, env=litellm_env(key))
-    wait_http(
-        port, path="/health/liveliness", proc=proc, timeout=120, netns_pid=netns.holder_pid if netns else None
-    )
-    return Arm("litellm", port, "mock-model", key, [proc.pid], prefix=prefix, notes=notes)
+
+    def wait() -> None:
+        netns_pid = netns.holder_pid if netns else None
+        wait_http(port, path="/health/liveliness", proc=proc, timeout=120, netns_pid=netns_pid)
+
+    return Arm("litellm", port, "mock-model", key, [proc.pid], prefix=prefix, notes=notes), wait

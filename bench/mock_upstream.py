@@ -3,7 +3,7 @@
 Non-streaming: a fixed ~300-byte chat.completion. Streaming: 20 chunks, a
 usage chunk and `data: [DONE]`, no delay. Also `GET /v1/models`.
 A streaming request whose body contains `__hold_ms=N__` (say, in a message) gets
-its first chunk at once and the rest after N ms: the bench holds many streams
+its first two chunks (role, first token) at once and the rest after N ms: the bench holds many streams
 open that way to measure memory per open stream.
 Run: granian --interface asgi --loop uvloop --workers 1 bench.mock_upstream:app --port 9100
 """
@@ -52,7 +52,7 @@ _STREAM = (
     b'"model":"mock-model","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}}\n\n'
     + b"data: [DONE]\n\n"
 )
-_FIRST = _chunk({"role": "assistant", "content": ""})
+_FIRST = _chunk({"role": "assistant", "content": ""}) + _chunk({"content": "tok0 "})
 _HOLD = re.compile(rb"__hold_ms=(\d+)__")
 _MODELS = json.dumps(
     {"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}
@@ -93,10 +93,10 @@ async def _send(send: Any, status: int, content_type: bytes, body: bytes) -> Non
 
 
 async def _send_held(send: Any, hold_s: float) -> None:
-    """The first chunk now, the rest of the stream after `hold_s` (chunked encoding)."""
+    """The role and first-token chunks now, the rest after `hold_s` (chunked encoding)."""
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
     )
     await send({"type": "http.response.body", "body": _FIRST, "more_body": True})
     await asyncio.sleep(hold_s)
-    await send({"type": "http.response.body", "body": _STREAM[len(_FIRST) :]})
+    await send({"type": "http.response.body", "body": _STREAM[len(_FIRST) :]})  # tok1 onwards

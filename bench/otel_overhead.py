@@ -308,9 +308,11 @@ def _machine_facts() -> str:
     versions = ", ".join(
         f"{name} {_version(name)}" for name in ("granian", "litestar", "opentelemetry-sdk", "httpx")
     )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (
         f"Machine: {os.cpu_count()} CPU ({cpu}){memory}, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}; {versions}."
+        f"Python {platform.python_version()}; {versions}. Load average at the end: {load} "
+        "(anything above ~0.5 means other work shared the cores)."
     )
 
 

@@ -74,7 +74,7 @@ class Procs:
         `on_tick` runs every `tick_s` while they run (the harness samples RSS there).
         A tool still running at `timeout` is killed and reported with returncode -9.
         """
-        outs = [tempfile.TemporaryFile() for _ in argvs]
+        outs = [tempfile.TemporaryFile() for _ in argvs]  # noqa: SIM115 - closed below
         running = []
         for argv, out in zip(argvs, outs, strict=True):
             proc = subprocess.Popen(
@@ -104,10 +104,8 @@ class Procs:
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 8.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left."""
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=2)

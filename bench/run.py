@@ -65,7 +65,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             short=2.0,
             rounds=args.rounds or 1,
             warmup=1.0,
-            rates=(100.0, 500.0, 1000.0),
+            rates=(50.0, 500.0, 1000.0),
             step=2.0,
             lag_rate=500.0,
             lag_interval=0.05,
@@ -77,15 +77,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
     duration = args.duration or 10.0
     return Plan(
         duration=duration,
-        short=max(2.0, duration * 0.4),
+        short=max(2.0, duration * 0.3),
         rounds=args.rounds or 2,
         warmup=3.0,
-        rates=(100.0, 500.0, 1000.0, 2000.0),
+        rates=(50.0, 500.0, 1000.0, 2000.0),
         step=3.0,
         lag_rate=500.0,
         lag_interval=0.05,
         hold_streams=1000,
-        hold_ms=4000,
+        hold_ms=3000,
         limit_s=args.limit,
         litellm=not args.no_litellm,
     )
@@ -103,6 +103,7 @@ class Metric:
     only: tuple[str, ...] = ()  # arms; empty = all
     rounds: list[dict[str, Any]] = field(default_factory=list)
     skipped: str = ""
+    max_rounds: int = 0  # 0 = the plan's rounds
 
 
 @dataclass
@@ -168,9 +169,9 @@ def measure(
     wall = time.monotonic() - wall_start
     cpu = tree_cpu_seconds(arm.roots).seconds - cpu_before
     result = parse(outs[0])
-    requests = max(1, int(result.get("requests", 0)))
+    requests = int(result.get("requests", 0))
     result["cpu_s"] = cpu
-    result["cpu_ms_per_req"] = cpu * 1000 / requests
+    result["cpu_ms_per_req"] = cpu * 1000 / requests if requests else math.nan
     result["cpu_util"] = cpu / wall if wall else math.nan
     result["rss_end_mb"] = tree_rss_mb(arm.roots)
     result["rss_peak_mb"] = max(peak[0], result["rss_end_mb"])
@@ -180,7 +181,7 @@ def measure(
     if events_before is not None and events_after is not None:
         appended = events_after - events_before
         result["events"] = appended
-        result["events_per_req"] = appended / requests
+        result["events_per_req"] = appended / requests if requests else math.nan
         result["events_per_s"] = appended / result["seconds"] if result.get("seconds") else math.nan
     return result
 
@@ -219,7 +220,7 @@ def _openloop(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
     argv = _tool(arm, "bench.openloop", "load", "--model", arm.model)
     argv += ["--rate", str(metric.rate), "--duration", str(metric.duration), "--drain", "5"]
     side = None
-    if arm.name == "bmo" and metric.rate == h.plan.lag_rate:
+    if arm.name == "bmo" and metric.rate in (h.plan.lag_rate, h.plan.rates[0]):
         side = [*arm.prefix, sys.executable, "-m", "bench.openloop", "lag", "--port", str(arm.port)]
         side += ["--token", arm.token, "--model", f"mock/{PROBE_MODEL}", "--duration", str(metric.duration)]
         side += ["--interval", str(h.plan.lag_interval)]
@@ -251,31 +252,23 @@ def _hold(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
 
 
 def build_metrics(plan: Plan) -> list[Metric]:
+    """In priority order: if the time budget runs out, the last ones are skipped."""
     d, s = plan.duration, plan.short
     metrics = [
         Metric("ns_c1", "Non-streaming, c=1 (wrk)", "wrk", 1, False, d),
         Metric("ns_c32", "Non-streaming, c=32 (wrk)", "wrk", 32, False, d),
         Metric("st_c32", "Streaming 20 chunks, c=32 (wrk, time to last byte)", "wrk", 32, True, d),
         Metric("ttft_c1", "Streaming TTFT / TTLB, c=1 (raw client)", "ttft", 1, True, s),
+        Metric("ttft_c32", "Streaming TTFT / TTLB, c=32 (raw client)", "ttft", 32, True, s),
         Metric("ns_c8", "Non-streaming, c=8 (wrk)", "wrk", 8, False, s),
         Metric("ns_c64", "Non-streaming, c=64 (wrk)", "wrk", 64, False, s),
     ]
     for rate in plan.rates:
-        metrics.append(
-            Metric(f"ol_{int(rate)}", f"Open loop {int(rate)} req/s", "openloop", 0, False, plan.step, rate)
-        )
-    metrics.append(
-        Metric(
-            "hold",
-            f"{plan.hold_streams} concurrent open streams",
-            "hold",
-            plan.hold_streams,
-            True,
-            plan.hold_ms / 1000,
-            only=("direct", "bmo", "bare"),
-        )
-    )
-    metrics.append(Metric("ttft_c32", "Streaming TTFT / TTLB, c=32 (raw client)", "ttft", 32, True, s))
+        title = f"Open loop {int(rate)} req/s"
+        metrics.append(Metric(f"ol_{int(rate)}", title, "openloop", 0, False, plan.step, rate))
+    hold = Metric("hold", f"{plan.hold_streams} concurrent open streams", "hold", plan.hold_streams, True)
+    hold.duration, hold.only, hold.max_rounds = plan.hold_ms / 1000, ("direct", "bmo", "bare"), 1
+    metrics.append(hold)
     return metrics
 
 
@@ -288,7 +281,7 @@ def _estimate(metric: Metric, arms: int) -> float:
 
 def run_metric(h: Harness, metric: Metric) -> None:
     names = [n for n in ARM_ORDER if n in h.arms and (not metric.only or n in metric.only)]
-    for index in range(h.plan.rounds):
+    for index in range(min(h.plan.rounds, metric.max_rounds or h.plan.rounds)):
         if not h.fits(_estimate(metric, len(names))):
             metric.skipped = f"time budget ({h.plan.limit_s:.0f} s) reached after {index} round(s)"
             h.notes.append(f"{metric.key}: {metric.skipped}")
@@ -323,9 +316,9 @@ def _saturated_before(metric: Metric, h: Harness, arm: str, index: int) -> bool:
     for other in h.metrics:
         if other is metric:
             return False
-        if other.kind == "openloop" and len(other.rounds) > index and arm in other.rounds[index]:
-            if saturated(other.rounds[index][arm]):
-                return True
+        done = other.kind == "openloop" and len(other.rounds) > index and arm in other.rounds[index]
+        if done and saturated(other.rounds[index][arm]):
+            return True
     return False
 
 
@@ -341,17 +334,23 @@ def _progress(h: Harness, metric: Metric, index: int, arm: str, result: dict[str
 
 
 def start_all(h: Harness) -> None:
+    """The mock, LiteLLM (spawned first: it is the slowest to start), the OTLP sink, bmo and bare."""
     procs, work = h.procs, h.work
     mock_port, mock_pid = arms_mod.start_mock(procs, "mock")
     h.arms["direct"] = arms_mod.start_direct(mock_port, mock_pid)
-    sink = arms_mod.start_otlp_sink(procs, work)
-    h.otlp = sink
-    h.arms["bmo"] = arms_mod.start_bmo(procs, mock_port, work, sink[0] if sink else None)
-    h.arms["bare"] = arms_mod.start_bare(procs, mock_port)
+    litellm = None
     if h.plan.litellm:
         try:
-            netns = arms_mod.start_netns(procs)
-            h.arms["litellm"] = arms_mod.start_litellm(procs, work, netns, mock_port)
+            litellm = arms_mod.start_litellm(procs, work, arms_mod.start_netns(procs), mock_port)
+        except Exception as exc:
+            h.notes.append(f"LiteLLM did not start: {type(exc).__name__}: {exc}")
+    h.otlp = arms_mod.start_otlp_sink(procs, work)
+    h.arms["bmo"] = arms_mod.start_bmo(procs, mock_port, work, h.otlp[0] if h.otlp else None)
+    h.arms["bare"] = arms_mod.start_bare(procs, mock_port)
+    if litellm is not None:
+        try:
+            litellm[1]()
+            h.arms["litellm"] = litellm[0]
         except Exception as exc:
             h.notes.append(f"LiteLLM did not start: {type(exc).__name__}: {exc}")
     for arm in h.arms.values():
@@ -379,6 +378,19 @@ def warm_up(h: Harness) -> dict[str, Any]:
                 h.arms.pop(name)
                 break
     return out
+
+
+def idle_cpu(h: Harness, seconds: float = 3.0) -> dict[str, dict[str, float]]:
+    """CPU (in cores) and RSS of each arm's process tree while nobody sends it anything."""
+    before = {name: tree_cpu_seconds(arm.roots).seconds for name, arm in h.arms.items()}
+    time.sleep(seconds)
+    return {
+        name: {
+            "cores": (tree_cpu_seconds(arm.roots).seconds - before[name]) / seconds,
+            "rss_mb": tree_rss_mb(arm.roots),
+        }
+        for name, arm in h.arms.items()
+    }
 
 
 # ---------------------------------------------------------------- facts
@@ -439,7 +451,7 @@ def machine_facts() -> dict[str, Any]:
         "ram_gib": round(mem_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "wrk": _cmd(["wrk", "-v"]).splitlines()[0] if _cmd(["wrk", "-v"]) else "",
+        "wrk": _cmd(["wrk", "-v"]).split(" [")[0],
         "sqlite": sqlite3.sqlite_version,
         "versions": _versions(),
     }
@@ -495,10 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         h = Harness(plan, Procs(work / "logs"), work, started)
         h.metrics = build_metrics(plan)
         warm: dict[str, Any] = {}
+        idle: dict[str, Any] = {}
         try:
             start_all(h)
             print(f"[{h.elapsed():6.1f}s] arms up: {sorted(h.arms)}", file=sys.stderr, flush=True)
             warm = warm_up(h)
+            idle = idle_cpu(h)
             for metric in h.metrics:
                 run_metric(h, metric)
         finally:
@@ -524,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n, a in h.arms.items()
             },
             "warmup": warm,
+            "idle": idle,
             "metrics": [asdict(m) for m in h.metrics],
         }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -549,7 +564,9 @@ def _keep_logs(work: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for log in (work / "logs").glob("*.log"):
         data = log.read_bytes()
-        (dest / log.name).write_bytes(data[-200_000:])
+        if len(data) > 400_000:
+            data = data[:200_000] + b"\n[... cut ...]\n" + data[-200_000:]
+        (dest / log.name).write_bytes(data)
 
 
 if __name__ == "__main__":

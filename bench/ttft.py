@@ -105,7 +105,7 @@ async def _one(
 async def _worker(port: int, request: bytes, deadline: float, once: bool, tally: Tally) -> None:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
-    while time.perf_counter() < deadline:
+    while once or time.perf_counter() < deadline:  # --once: exactly one request, however late
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -146,12 +146,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await asyncio.sleep(args.ramp_s / args.concurrency)
         elif i % 64 == 63:
             await asyncio.sleep(0)
-    await asyncio.wait(tasks, timeout=args.duration + args.grace)
+    _, pending = await asyncio.wait(tasks, timeout=args.duration + args.grace)
+    for task in pending:  # each holds at most one request that never finished
+        task.cancel()
     elapsed = time.perf_counter() - started
     return {
         "requests": len(tally.ttft_ms),
         "elapsed_s": elapsed,
-        "errors": tally.errors,
+        "errors": tally.errors + len(pending),
+        "unfinished": len(pending),
         "status_errors": tally.status_errors,
         "ttft_ms": summarize(tally.ttft_ms),
         "ttlb_ms": summarize(tally.ttlb_ms),

@@ -8,6 +8,7 @@ latency from wrk's histogram (for streams: time to the last byte).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ def parse_wrk(stdout: str) -> dict[str, Any]:
     raw = json.loads(line.removeprefix("BENCH_JSON "))
     seconds = raw["duration_us"] / 1e6
     errors = sum(raw[k] for k in ("connect_err", "read_err", "write_err", "status_err", "timeout_err"))
+    if not raw["requests"]:  # nothing finished in the run: no latency to report
+        raw.update(p50_us=math.nan, p90_us=math.nan, p99_us=math.nan, max_us=math.nan, mean_us=math.nan)
     return {
         "requests": raw["requests"],
         "seconds": seconds,

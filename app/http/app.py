@@ -14,6 +14,7 @@ from app.http.deps import HttpDeps
 from app.http.errors import exception_handler
 from app.http.health import HealthController
 from app.http.models import ModelsController
+from app.http.openapi import COMPONENTS
 from app.http.permissions import PermissionsController
 
 __all__ = ["MAX_BODY_BYTES", "create_litestar"]
@@ -46,6 +47,7 @@ def create_litestar(
             version=version,
             description="OpenAI-compatible coding-agent hub: chat, models, posture and the run ledger.",
             path="/schema",
+            components=COMPONENTS,
         ),
         debug=False,
     )

@@ -92,6 +92,8 @@ class BmoAsgi:
         status = [0, 0]  # status code, body completed
         send = _tagging_send(send, request_id, status)
         if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(headers.get(b"authorization")):
+            if lifecycle is None:  # /schema, /healthz/..: a wrong token is recorded all the same
+                lifecycle = scope["bmo"] = self._lifecycle(request_id, "unmatched", headers, scope)
             await self._refuse(send, lifecycle)
             return
         if lifecycle is not None and route not in SELF_FIRING_ROUTES:

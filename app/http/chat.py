@@ -35,7 +35,8 @@ from app.events.session import session_uuid
 from app.http import chat_render
 from app.http.deps import HttpDeps
 from app.http.messages import client_tools, to_chat_messages, validate_request
-from app.http.wire import ChatCompletionRequest, ErrorEnvelope
+from app.http.openapi import SECURITY, DocumentedStream, errors
+from app.http.wire import ChatCompletionRequest
 from app.providers.base import ChatMessage
 from app.providers.catalog import ResolvedModel
 
@@ -49,17 +50,34 @@ RETRY_AFTER_S = "2"
 class ChatController(Controller):
     path = "/v1/chat/completions"
     tags = ("chat",)
+    security = SECURITY
 
     @post(
         status_code=200,
         summary="Create a chat completion (JSON, or SSE when stream is true)",
+        operation_class=DocumentedStream,
         responses={
-            200: ResponseSpec(chat_render.ChatCompletion, description="chat.completion, or an SSE stream"),
-            400: ResponseSpec(ErrorEnvelope, description="invalid request, unknown model, override rejected"),
-            401: ResponseSpec(ErrorEnvelope, description="missing or wrong bearer token"),
-            404: ResponseSpec(ErrorEnvelope, description="chat disabled, or resumed run not found"),
-            409: ResponseSpec(ErrorEnvelope, description="session busy: the request was queued"),
-            429: ResponseSpec(ErrorEnvelope, description="session queue full"),
+            200: ResponseSpec(
+                chat_render.ChatCompletion,
+                description="chat.completion, or an SSE stream",
+                generate_examples=False,
+            ),
+            **errors(
+                400,
+                401,
+                404,
+                409,
+                413,
+                429,
+                500,
+                502,
+                503,
+                504,
+                s400="invalid request, unknown model, override rejected",
+                s404="chat disabled, or resumed run not found",
+                s409="session busy: the request was queued (the envelope adds run_id, position, session_id)",
+                s429="session queue full, or the upstream rate limit after retries",
+            ),
         },
     )
     async def create(

@@ -14,12 +14,14 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
 from app.errors import InvalidRequest, NotFound
 from app.http import sse
 from app.http.deps import HttpDeps
+from app.http.openapi import SECURITY, Documented, DocumentedStream, errors
 from app.http.wire import RunEventRow, RunEventsPage, RunRow, RunsPage
 from app.projections import runs
 from app.projections.posture import Posture, read_posture
@@ -33,8 +35,14 @@ KEEP_ALIVE_S = 15.0
 class CompatController(Controller):
     path = "/v1/openai-compat"
     tags = ("operator",)
+    security = SECURITY
 
-    @get("/posture", summary="Live posture: policy, ledger, route counts, clients")
+    @get(
+        "/posture",
+        summary="Live posture: policy, ledger, route counts, clients",
+        operation_class=Documented,
+        responses=errors(401, 500),
+    )
     async def posture(self, state: State) -> Posture:
         deps: HttpDeps = state.deps
         await deps.settle()
@@ -48,12 +56,20 @@ class CompatController(Controller):
             bind=deps.bind,
         )
 
-    @get("/runs", summary="The run ledger, newest first")
+    @get(
+        "/runs",
+        summary="The run ledger, newest first",
+        operation_class=Documented,
+        responses=errors(400, 401, 500),
+    )
     async def list_runs(
         self,
         state: State,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        cursor: str | None = None,
+        cursor: Annotated[
+            str | None,
+            Parameter(description="next_cursor of the previous page", schema_extra={"pattern": "^[0-9]+$"}),
+        ] = None,
         session_id: str | None = None,
         outcome: str | None = None,
         route: str | None = None,
@@ -74,7 +90,20 @@ class CompatController(Controller):
             next_cursor=str(next_seq) if next_seq is not None else None,
         )
 
-    @get("/runs/{run_id:str}/events", summary="A run's event timeline (JSON, or SSE to follow it)")
+    @get(
+        "/runs/{run_id:str}/events",
+        summary="A run's event timeline (JSON, or SSE to follow it)",
+        operation_class=DocumentedStream,
+        responses={
+            200: ResponseSpec(
+                RunEventsPage,
+                description="the timeline oldest first; an SSE stream with follow=true "
+                "or Accept: text/event-stream",
+                generate_examples=False,
+            ),
+            **errors(400, 401, 404, 500, s404="no such run in the ledger (run_not_found)"),
+        },
+    )
     async def run_events(
         self, state: State, request: Request[Any, Any, Any], run_id: str, follow: bool = False
     ) -> Response[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ from app.events.writer import PersistFailed
 __all__ = ["envelope_bytes", "exception_handler", "outcome_for_status", "to_bmo_error"]
 
 log = logging.getLogger(__name__)
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 _encode = msgspec.json.Encoder().encode
 
 _BY_STATUS: dict[int, type[BmoError]] = {
@@ -79,8 +81,12 @@ def to_bmo_error(exc: Exception) -> BmoError:
         return InvalidRequest(_validation_message(exc), param=_validation_param(exc))
     if isinstance(exc, NotFoundException):
         return NotFound("Not found: no such route or resource.")
-    if isinstance(exc, MethodNotAllowedException):
-        return MethodNotAllowed("Method not allowed for this route.")
+    if isinstance(exc, MethodNotAllowedException):  # keeps Litestar's `Allow` header (RFC 9110)
+        return MethodNotAllowed("Method not allowed for this route.", headers=dict(exc.headers or {}))
+    if isinstance(exc, UnicodeDecodeError):  # Litestar's JSON decode lets it through
+        return InvalidRequest("The request body is not valid UTF-8 JSON.", code="invalid_json")
+    if isinstance(exc, RecursionError) and "deserializ" in str(exc):  # msgspec on deep nesting
+        return InvalidRequest("The request body is nested too deeply.", code="invalid_json")
     if isinstance(exc, HTTPException):
         cls = _BY_STATUS.get(exc.status_code)
         if cls is not None:
@@ -97,22 +103,30 @@ def to_bmo_error(exc: Exception) -> BmoError:
 
 def _validation_message(exc: ValidationException) -> str:
     details = exc.extra if isinstance(exc.extra, list) else []
-    parts = [_detail(d) for d in details if isinstance(d, dict) and d.get("message")]
-    if parts:
-        return "Invalid request body: " + "; ".join(parts)
+    found = [d for d in details if isinstance(d, dict) and d.get("message")]
+    where = "query parameter" if found and all(d.get("source") == "query" for d in found) else "body"
+    if found:
+        return f"Invalid request {where}: " + "; ".join(_detail(d) for d in found)
     return f"Invalid request body: {exc.detail}"
 
 
 def _detail(detail: dict[str, Any]) -> str:
     key = detail.get("key")
+    if key == "data" and detail["message"] == "'data'":  # Litestar's KeyError text: no body at all
+        return "the body is empty; expected a JSON object"
     return f"{key}: {detail['message']}" if key and key != "data" else str(detail["message"])
 
 
 def _validation_param(exc: ValidationException) -> str | None:
+    """The offending field; `data` is Litestar's name for the whole body, not a field."""
     details = exc.extra if isinstance(exc.extra, list) else []
     for d in details:
         if isinstance(d, dict) and d.get("key"):
-            return str(d["key"])
+            key = str(d["key"])
+            missing = _MISSING.search(str(d.get("message", "")))
+            if missing:
+                return missing.group(1) if key == "data" else f"{key}.{missing.group(1)}"
+            return None if key == "data" else key
     return None
 
 

@@ -9,6 +9,7 @@ from litestar.datastructures import State
 
 from app.errors import ServiceUnavailable
 from app.http.deps import HttpDeps
+from app.http.openapi import Documented, errors
 from app.http.wire import HealthStatus
 
 __all__ = ["HealthController"]
@@ -17,11 +18,16 @@ __all__ = ["HealthController"]
 class HealthController(Controller):
     tags = ("health",)
 
-    @get("/healthz", summary="Liveness")
+    @get("/healthz", summary="Liveness", operation_class=Documented)
     async def healthz(self) -> HealthStatus:
         return HealthStatus(status="ok")
 
-    @get("/readyz", summary="Readiness: store writable, projector caught up within 1 s")
+    @get(
+        "/readyz",
+        summary="Readiness: store writable, projector caught up within 1 s",
+        operation_class=Documented,
+        responses=errors(503, s503="the store is not writable, or the projector lags more than 1 s"),
+    )
     async def readyz(self, state: State) -> Response[HealthStatus]:
         deps: HttpDeps = state.deps
         try:

@@ -12,9 +12,11 @@ __all__ = ["client_tools", "to_chat_messages", "validate_request"]
 def validate_request(body: ChatCompletionRequest) -> None:
     if body.n is not None and body.n > 1:
         raise InvalidRequest("Only n = 1 is supported.", param="n", code="unsupported_value")
-    call_ids = {call.id for m in body.messages if m.role == "assistant" for call in (m.tool_calls or ())}
+    call_ids: set[str] = set()  # of the assistant messages so far: a result must follow its call
     for index, message in enumerate(body.messages):
-        if message.role == "tool" and message.tool_call_id not in call_ids:
+        if message.role == "assistant":
+            call_ids.update(call.id for call in message.tool_calls or ())
+        elif message.role == "tool" and message.tool_call_id not in call_ids:
             raise InvalidRequest(
                 "A tool message must answer a tool call of an earlier assistant message.",
                 param=f"messages[{index}].tool_call_id",

@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from app.agent.permissions import answer
 from app.errors import Conflict, NotFound
 from app.http.deps import HttpDeps
+from app.http.openapi import SECURITY, Documented, errors
 from app.projections import permissions
 
 __all__ = ["PermissionsController"]
@@ -42,14 +43,34 @@ class QuestionList(msgspec.Struct):
 class PermissionsController(Controller):
     path = "/v1/permissions"
     tags = ("permissions",)
+    security = SECURITY
 
-    @get(summary="Pending permission questions, oldest first")
+    @get(
+        summary="Pending permission questions, oldest first",
+        operation_class=Documented,
+        responses=errors(401, 500),
+    )
     async def pending(self, state: State) -> QuestionList:
         deps: HttpDeps = state.deps
         await deps.settle()
         return QuestionList(data=[Question(**q) for q in permissions.pending_questions(deps.read_conn)])
 
-    @post("/{question_id:str}", status_code=200, summary="Answer a question: allow or deny")
+    @post(
+        "/{question_id:str}",
+        status_code=200,
+        summary="Answer a question: allow or deny",
+        operation_class=Documented,
+        responses=errors(
+            400,
+            401,
+            404,
+            409,
+            413,
+            500,
+            s404="no such question",
+            s409="already answered, or its run has ended",
+        ),
+    )
     async def decide(self, state: State, question_id: str, data: PermissionAnswer) -> Question:
         deps: HttpDeps = state.deps
         await deps.settle()

@@ -72,7 +72,7 @@ class StreamOptions(msgspec.Struct):
 
 class ChatCompletionRequest(msgspec.Struct):
     messages: Annotated[list[WireMessage], msgspec.Meta(min_length=1, max_length=10_000)]
-    model: str | None = None
+    model: Annotated[str, msgspec.Meta(max_length=256)] | None = None  # bounds what records echo
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None

@@ -80,8 +80,6 @@ def run_tui(client: BmoClient, *, refresh_s: float = REFRESH_S) -> int:
 
     loop.set_alarm_in(0, lambda _l, _d: controller.start())
     loop.set_alarm_in(refresh_s, tick)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C quits like /quit
         loop.run()
-    except KeyboardInterrupt:
-        pass
     return 0

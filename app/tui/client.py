@@ -81,7 +81,11 @@ def _error_message(response: httpx.Response) -> ApiError:
         message = str(error.get("message") or error.get("code") or "error")
         if error.get("code") == "queued":
             message += f" (queued as run {error.get('run_id')}, position {error.get('position')})"
-        return ApiError(f"{response.status_code}: {message}", status=response.status_code, code=str(error.get("code") or ""))
+        return ApiError(
+            f"{response.status_code}: {message}",
+            status=response.status_code,
+            code=str(error.get("code") or ""),
+        )
     return ApiError(f"HTTP {response.status_code}", status=response.status_code)
 
 
@@ -203,7 +207,9 @@ def _chat_events(lines: Iterator[str]) -> Iterator[ChatEvent]:
             continue
         if "error" in chunk:
             error = chunk["error"] or {}
-            raise ApiError(f"stream error: {error.get('message', 'unknown')}", code=str(error.get("code", "")))
+            raise ApiError(
+                f"stream error: {error.get('message', 'unknown')}", code=str(error.get("code", ""))
+            )
         for choice in chunk.get("choices") or []:
             text = (choice.get("delta") or {}).get("content")
             if text:

@@ -24,11 +24,11 @@ def tui_command(
     *,
     server: Annotated[
         str | None,
-        Parameter(help="A running bmo (e.g. http://127.0.0.1:9000). Default: start one on a free loopback port."),
+        Parameter(
+            help="A running bmo (e.g. http://127.0.0.1:9000). Default: start one on a free loopback port."
+        ),
     ] = None,
-    auth_token: Annotated[
-        str | None, Parameter(help="Bearer token of --server (or BMO_AUTH_TOKEN).")
-    ] = None,
+    auth_token: Annotated[str | None, Parameter(help="Bearer token of --server (or BMO_AUTH_TOKEN).")] = None,
     config: Annotated[
         Path | None, Parameter(help="An extra config file for the self-started server.")
     ] = None,

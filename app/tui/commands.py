@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 __all__ = ["COMMANDS", "HELP", "Command", "Prompt", "Unknown", "parse_input"]
 
-# name typed → canonical command
-COMMANDS: dict[str, str] = {
-    "openai-compat": "posture",
-    "openwebui": "posture",
-    "run-ledger": "ledger",
-    "ledger": "ledger",
-    "runs": "runs",
-    "questions": "questions",
-    "help": "help",
-    "quit": "quit",
-    "exit": "quit",
-}
+# name typed → canonical command (read-only)
+COMMANDS: Mapping[str, str] = MappingProxyType(
+    {
+        "openai-compat": "posture",
+        "openwebui": "posture",
+        "run-ledger": "ledger",
+        "ledger": "ledger",
+        "runs": "runs",
+        "questions": "questions",
+        "help": "help",
+        "quit": "quit",
+        "exit": "quit",
+    }
+)
+
+PRIMARY = "/openai-compat /run-ledger /runs /questions /help /quit"
 
 HELP: tuple[tuple[str, str], ...] = (
     ("/openai-compat  (/openwebui)", "live posture report: policies, models, ledger, routes, UAs"),
@@ -64,8 +70,8 @@ def parse_input(text: str) -> Command | Prompt | Unknown | None:
         return Command(name, tuple(args))
     close = difflib.get_close_matches(word.lower(), COMMANDS, n=1, cutoff=0.6)
     hint = f"did you mean /{close[0]}? " if close else ""
-    known = " ".join(f"/{c}" for c in COMMANDS)
     return Unknown(
         f"/{word}",
-        f"unknown command /{word}: {hint}commands are {known} (/help). Start a prompt with // to send a slash.",
+        f"unknown command /{word}: {hint}commands: {PRIMARY} (/help). "
+        "Start with // to send a prompt that begins with a slash.",
     )

@@ -21,6 +21,7 @@ from app.tui.commands import HELP, Command, Prompt, Unknown, parse_input
 __all__ = ["Controller", "Screen"]
 
 RUNS_LIMIT = 30
+UNREACHABLE = "server unreachable (showing the last known posture)"
 LEDGER_ROWS = 20
 
 Post = Callable[[Callable[[], None]], None]
@@ -139,6 +140,8 @@ class Controller:
         def failed(message: str) -> None:
             self._refreshing = False
             self.screen.flash(f"refresh failed: {message}", "error")
+            if not self.streaming:
+                self._set_activity(UNREACHABLE)
 
         self._job(work, self._refreshed, failed)
 
@@ -148,6 +151,8 @@ class Controller:
         self.posture = posture
         changed = [q.get("question_id") for q in questions] != [q.get("question_id") for q in self.questions]
         self.questions = questions
+        if self.activity == UNREACHABLE:
+            self.activity = "idle"
         self._render_sidebar()
         if self.view == "posture":
             self.screen.show_lines(views.posture_lines(posture))
@@ -279,7 +284,9 @@ class Controller:
         data = event.get("data") or {}
         if event.get("type") == "PermissionAsked":
             args = views.clip(str(data.get("arguments", "")), 70)
-            self._stream_note(f"⏸ permission needed: {data.get('tool')} {args} — answer with /questions", "warn")
+            self._stream_note(
+                f"⏸ permission needed: {data.get('tool')} {args} — answer with /questions", "warn"
+            )
             self._set_activity(f"waiting for permission ({data.get('tool')})")
         else:
             self._stream_note(f"permission {data.get('decision')} (by {data.get('decided_by')})")

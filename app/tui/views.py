@@ -7,6 +7,7 @@ as `GET /v1/openai-compat/posture` and `bmo config show-run-ledger`.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
@@ -132,7 +133,9 @@ def posture_lines(posture: Mapping[str, Any]) -> list[str]:
     lines.append(f"routes: {pairs or '(none yet)'}")
     lines.append("top User-Agents:")
     agents = posture.get("top_user_agents") or []
-    lines += [f"  {ua.get('count', 0):>6}  {clip(ua.get('user_agent') or '-', UA_CHARS)}" for ua in agents[:5]]
+    lines += [
+        f"  {ua.get('count', 0):>6}  {clip(ua.get('user_agent') or '-', UA_CHARS)}" for ua in agents[:5]
+    ]
     if not agents:
         lines.append("  (none yet)")
     lines.append("last 5 outcomes:")
@@ -272,10 +275,8 @@ def _tool_line(attrs: str) -> str:
     fields = {k: html.unescape(v) for k, v in _ATTR.findall(attrs)}
     args = clip(fields.get("arguments", ""), 60)
     result = fields.get("result", "")
-    try:
+    with contextlib.suppress(ValueError):
         result = str(json.loads(result))
-    except ValueError:
-        pass
     state = "→ " + clip(result, 60) if fields.get("done", "true") == "true" else "… running"
     return f"⚙ {fields.get('name', 'tool')} {args} {state}".rstrip()
 

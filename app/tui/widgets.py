@@ -20,7 +20,7 @@ __all__ = ["PALETTE", "SIDEBAR_COLS", "WIDE_COLS", "AnswerHandle", "Row", "TuiSc
 WIDE_COLS = 110
 SIDEBAR_COLS = 44
 
-PALETTE: list[tuple[str, ...]] = [
+PALETTE: tuple[tuple[str, str, str], ...] = (
     ("user", "light cyan,bold", ""),
     ("tool", "dark green", ""),
     ("note", "dark gray", ""),
@@ -31,7 +31,7 @@ PALETTE: list[tuple[str, ...]] = [
     ("status", "light gray", "dark blue"),
     ("label", "white,bold", ""),
     ("title", "white,bold", ""),
-]
+)
 
 
 class Row(urwid.Text):
@@ -80,7 +80,7 @@ class TuiScreen(urwid.WidgetWrap):
         self._chat_walker = urwid.SimpleFocusListWalker([])
         self._chat = urwid.ListBox(self._chat_walker)
         self._body = urwid.WidgetPlaceholder(self._chat)
-        self._message = urwid.Text("", wrap="ellipsis")
+        self._message = urwid.Text("")
         self.input = urwid.Edit("› ")
         self._label = urwid.Text("OpenAI compat: …", wrap="ellipsis")
         self._status = urwid.Text("", wrap="ellipsis")
@@ -106,7 +106,11 @@ class TuiScreen(urwid.WidgetWrap):
     def _wide_layout(self) -> urwid.Columns:
         sidebar = urwid.Filler(urwid.Padding(self._sidebar, left=1, right=1), valign="top")
         return urwid.Columns(
-            [("weight", 1, self._main()), ("given", 1, urwid.SolidFill("│")), ("given", SIDEBAR_COLS, sidebar)],
+            [
+                ("weight", 1, self._main()),
+                ("given", 1, urwid.SolidFill("│")),
+                ("given", SIDEBAR_COLS, sidebar),
+            ],
             focus_column=0,
         )
 
@@ -136,7 +140,9 @@ class TuiScreen(urwid.WidgetWrap):
         self._sync(size)
         return super().render(size, focus)
 
-    def mouse_event(self, size: tuple[int, ...], event: str, button: int, col: int, row: int, focus: bool) -> Any:
+    def mouse_event(
+        self, size: tuple[int, ...], event: str, button: int, col: int, row: int, focus: bool
+    ) -> Any:
         main = self._sync(size)
         handled = super().mouse_event(size, event, button, col, row, focus)
         self._focus_body = main.focus_position == 0
@@ -226,7 +232,9 @@ class TuiScreen(urwid.WidgetWrap):
                 continue
             text = segment.text.strip("\n")
             if text:
-                widgets += [_text(prefix + line if i == 0 else line) for i, line in enumerate(text.split("\n"))]
+                widgets += [
+                    _text(prefix + line if i == 0 else line) for i, line in enumerate(text.split("\n"))
+                ]
                 prefix = ""
         if not widgets:
             widgets = [_text("bmo › …", "note")]

@@ -43,10 +43,18 @@ def ask(server: BmoServer, text: str, **kw: Any) -> Any:
 
 
 def ledger(server: BmoServer, request_id: str) -> tuple[dict, list[dict]]:
+    """The run's ledger row and timeline once it has ended (read models are eventually consistent)."""
+    deadline = time.monotonic() + 10
     with httpx.Client(base_url=server.base_url, headers=server.headers) as h:
-        runs = h.get("/v1/openai-compat/runs", params={"route": "chat_completions"}).json()["data"]
+        while True:
+            runs = h.get("/v1/openai-compat/runs", params={"route": "chat_completions"}).json()["data"]
+            row = next((r for r in runs if r["request_id"] == request_id), None)
+            if (row and row["outcome"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         events = h.get(f"/v1/openai-compat/runs/{request_id}/events").json()["data"]
-    return next(r for r in runs if r["request_id"] == request_id), events
+    assert row is not None, f"run {request_id} never reached the ledger"
+    return row, events
 
 
 def tool_messages(request: dict) -> list[dict]:

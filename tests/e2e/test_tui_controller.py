@@ -6,6 +6,7 @@ drains them, exactly as `MainLoop.call_from_thread` hands them to urwid.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,9 +53,27 @@ class Tui:
             raise AssertionError(f"{needle!r} not on screen:\n{self.text(size)}")
         return self.text(size)
 
+    def wait_reading(self, needle: str, command: str, timeout: float = WAIT) -> str:
+        """Re-run `command` until `needle` shows: the ledger is a read model that may trail a run."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.type(command)
+            if self.bridge.wait_until(lambda: needle in self.text(), 1.0) or time.monotonic() > deadline:
+                return self.wait_for(needle, timeout=0)
+
     def wait(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
         if not self.bridge.wait_until(predicate, timeout):
             raise AssertionError(f"timed out waiting for {what}:\n{self.text()}")
+
+
+def finished_events(tui: Tui) -> list[dict]:
+    """The current run's timeline once the read model has its `Finished` event."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        events = tui.client.run_events(tui.controller.run_id)
+        if (events and events[-1]["type"] == "Finished") or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -87,8 +106,7 @@ def test_permission_answered_from_questions_unblocks_the_run(tui_for: Callable[.
     chat = tui.wait_for("Ran `echo hi`", size=(80, 40))
     assert "permission allow (by operator)" in chat
     assert '⚙ bash {"command": "echo hi"} → hi' in chat
-    run_id = tui.controller.run_id
-    events = tui.client.run_events(run_id)
+    events = finished_events(tui)
     kinds = [e["type"] for e in events]
     assert kinds.index("PermissionAsked") < kinds.index("PermissionDecided") < kinds.index("Finished")
     decided = next(e for e in events if e["type"] == "PermissionDecided")
@@ -104,7 +122,7 @@ def test_deny_by_command_still_ends_the_run(tui_for: Callable[..., Tui]) -> None
     tui.type("/questions deny 1")
     tui.wait(lambda: not tui.controller.streaming, "the run to finish")
     tui.wait_for("denied: bash")
-    events = tui.client.run_events(tui.controller.run_id)
+    events = finished_events(tui)
     decided = next(e for e in events if e["type"] == "PermissionDecided")
     assert decided["data"]["decision"] == "deny"
     assert events[-1]["type"] == "Finished"
@@ -119,17 +137,15 @@ def test_chat_report_runs_and_timeline(tui_for: Callable[..., Tui]) -> None:
     assert "⚙ list_dir" in chat and "README.md" in chat and "src/" in chat
     run_id = tui.controller.run_id
 
-    tui.type("/openai-compat")
-    report = tui.wait_for("advertised models: bmo/local")
+    report = tui.wait_reading("chat_completions=1", "/openai-compat")
     assert "OpenAI compat — live posture" in report
+    assert "advertised models: bmo/local" in report
     assert "enabled: yes   tool_policy: chat_only   ambiguity_action: ask" in report
     assert "chat_completions=1" in report
     assert "bmo-tui/" in report  # the TUI names itself among the User-Agents
     assert "ledger: " in report and " / 10000 runs" in report
 
-    tui.type("/runs")
-    runs = tui.wait_for(run_id[:8] + "…")
-    assert "final_answer" in runs
+    tui.wait_reading(run_id[:8] + "… final_answer", "/runs")
     tui.screen.keypress(SIZE, "enter")  # newest chat run is focused
     timeline = tui.wait_for("Finished", size=(80, 40))
     assert f"Run {run_id[:12]}… — event timeline" in timeline
@@ -169,7 +185,7 @@ def test_every_prompt_carries_the_tui_session_id(tui_for: Callable[..., Tui]) ->
     ("config", "expected"),
     [
         ("[options.openai_compat]\nenabled = false\n", "disabled"),
-        ("[options.openai_compat]\ntool_policy = \"auto_approve\"\n", "enabled (auto_approve)"),
+        ('[options.openai_compat]\ntool_policy = "auto_approve"\n', "enabled (auto_approve)"),
     ],
 )
 def test_sidebar_label_from_config(tui_for: Callable[..., Tui], config: str, expected: str) -> None:

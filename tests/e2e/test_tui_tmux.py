@@ -51,10 +51,14 @@ class Tmux:
         )
         return result.stdout
 
-    def start(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+    def start(self, argv: list[str], *, cwd: Path, env: dict[str, str], stderr: Path | None = None) -> None:
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        inner = f"cd {shlex.quote(str(cwd))} && env {exports} {shlex.join(argv)}; echo $? > {self.rc_file}"
-        self.tmux("new-session", "-d", "-s", "tui", "-x", str(COLS), "-y", str(ROWS), f"sh -c {shlex.quote(inner)}")
+        redirect = f" 2> {shlex.quote(str(stderr))}" if stderr else ""
+        command = f"env {exports} {shlex.join(argv)}{redirect}"
+        inner = f"cd {shlex.quote(str(cwd))} && {command}; echo $? > {self.rc_file}"
+        self.tmux(
+            "new-session", "-d", "-s", "tui", "-x", str(COLS), "-y", str(ROWS), f"sh -c {shlex.quote(inner)}"
+        )
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "tui")
@@ -79,6 +83,17 @@ class Tmux:
             time.sleep(0.2)
         raise AssertionError(f"{needle!r} not on the tmux screen:\n{screen}")
 
+    def wait_reading(self, needle: str, command: str, timeout: float = 30) -> str:
+        """Re-send `command` until `needle` shows (a read model may trail the last answer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.send(command)
+            try:
+                return self.wait_for(needle, timeout=1.5)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
     def wait_exit(self, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,6 +104,8 @@ class Tmux:
 
     def kill(self) -> None:
         self.tmux("kill-server")
+        tmpdir = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}"
+        (tmpdir / self.socket).unlink(missing_ok=True)  # tmux can leave its socket file behind
 
 
 @pytest.fixture
@@ -125,8 +142,8 @@ def test_tui_against_a_running_server(
     assert "⚙ list_dir" in answer
     assert "README.md" in tmux.wait_for("src/")
 
-    tmux.send("/openai-compat")
-    report = tmux.wait_for("OpenAI compat — live posture")
+    report = tmux.wait_reading("chat_completions=1", "/openai-compat")  # the ledger may trail
+    assert "OpenAI compat — live posture" in report
     assert "enabled: yes   tool_policy: chat_only   ambiguity_action: ask" in report
     assert "advertised models: bmo/local" in report
     assert "chat_completions=1" in report
@@ -137,6 +154,18 @@ def test_tui_against_a_running_server(
 
     tmux.send("/bogus")
     assert "unknown command /bogus" in tmux.wait_for("unknown command")
+
+    tmux.tmux("resize-window", "-t", "tui", "-x", "140", "-y", "40")  # wide: the sidebar appears
+    wide = tmux.wait_for("│ OpenAI compat: enabled (chat_only)")
+    assert "│ session: tui-" in wide
+    assert "OpenAI compat — live posture" in wide  # the open view survives the resize
+    tmux.tmux("resize-window", "-t", "tui", "-x", str(COLS), "-y", str(ROWS))
+    deadline = time.monotonic() + 10
+    while not tmux.screen().startswith("OpenAI compat: enabled (chat_only)") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    narrow = tmux.screen()
+    assert narrow.splitlines()[0].rstrip() == "OpenAI compat: enabled (chat_only)"
+    assert "│" not in narrow
 
     tmux.send("/quit")
     assert tmux.wait_exit() == "0"
@@ -180,5 +209,9 @@ def test_tui_refuses_a_wrong_token(
 ) -> None:
     server = make_server()
     env = {**base_env(tmp_path), "BMO_AUTH_TOKEN": "wrong-token"}
-    tmux.start([*bmo_command(), "tui", "--server", server.base_url], cwd=workspace, env=env)
+    err = tmp_path / "tui.stderr"
+    tmux.start([*bmo_command(), "tui", "--server", server.base_url], cwd=workspace, env=env, stderr=err)
     assert tmux.wait_exit() == "2"
+    message = err.read_text()
+    assert "bmo tui: 401" in message and "--auth-token" in message
+    assert "wrong-token" not in message

@@ -7,8 +7,10 @@ temp DATA_DIR, all offline on loopback:
   behind Open WebUI with the recommended settings (docs/open-webui.md): the
   `{"X-OpenWebUI-Task": "{{TASK}}"}` connection header and
   `ENABLE_FORWARD_USER_INFO_HEADERS=True` (chat id → bmo session).
+  bmo trusts 127.0.0.1 as a requester proxy, so the forwarded user is recorded.
 - `auto_stack`: bmo with `tool_policy = "auto_approve"` and its own scripted upstream;
-  Open WebUI forwards the chat id but sets no task header (bmo falls back to `### Task:`).
+  Open WebUI forwards the chat id but sets no task header (bmo falls back to `### Task:`);
+  no trusted proxies, so the forwarded identity headers are ignored (and that is recorded).
 - `wrong_key_webui`: a second Open WebUI against `stack`'s bmo with a wrong API key.
 
 Background tasks of chats on the scripted model go to `bmo/local`
@@ -106,8 +108,16 @@ def _start_stack(
     bmo_config: str,
     webui_env: dict[str, str],
     upstream: FakeOpenAI | None,
+    bmo_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    bmo = BmoServer(workspace=_workspace(tmp), data_dir=tmp / f"{name}-bmo" / "data", config_text=bmo_config)
+    config = tmp / f"{name}-bmo.toml"  # outside the workspace, so the agent's file listing stays clean
+    config.write_text(bmo_config)
+    bmo = BmoServer(
+        workspace=_workspace(tmp),
+        data_dir=tmp / f"{name}-bmo" / "data",
+        extra_args=("--config", str(config)),
+        extra_env=bmo_env or {},
+    )
     webui = OpenWebUI(venv, tmp / f"{name}-webui", "", "", extra_env=webui_env)
     try:
         bmo.start()
@@ -139,13 +149,13 @@ def stack(
         "TASK_MODEL_EXTERNAL": "bmo/local",
     }
     tmp = tmp_path_factory.mktemp("stack")
-    yield from _start_stack(tmp, owui_venv, "stack", config, env, upstream)
+    # Open WebUI runs on this host: let it assert the user's identity (X-OpenWebUI-User-*).
+    trusted = {"BMO_REQUESTER_TRUSTED_PROXIES": "127.0.0.1"}
+    yield from _start_stack(tmp, owui_venv, "stack", config, env, upstream, trusted)
 
 
 @pytest.fixture(scope="module")
-def auto_stack(
-    tmp_path_factory: pytest.TempPathFactory, owui_venv: OpenWebUIVenv
-) -> Iterator[Stack]:
+def auto_stack(tmp_path_factory: pytest.TempPathFactory, owui_venv: OpenWebUIVenv) -> Iterator[Stack]:
     with FakeOpenAI(models=("fake-model",)) as fake:
         config = '[options.openai_compat]\ntool_policy = "auto_approve"\n\n' + _provider(fake)
         env = {"ENABLE_FORWARD_USER_INFO_HEADERS": "True", "TASK_MODEL_EXTERNAL": "bmo/local"}

@@ -19,6 +19,7 @@ WebUI stored (`GET /api/v1/chats/{id}`) and what bmo recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -141,15 +142,27 @@ async def turn(req: dict[str, Any]) -> dict[str, Any]:
                 except TimeoutError:
                     result["done"] = False
                 if wait_tasks and result["done"]:
-                    try:
+                    with contextlib.suppress(TimeoutError):  # the stored chat tells what arrived
                         await asyncio.wait_for(tasks_done.wait(), timeout)
-                    except TimeoutError:
-                        pass
         finally:
             await sio.disconnect()
         result["events"] = events
         result["elapsed_s"] = round(time.monotonic() - started, 2)
         return result
+
+
+async def _dismiss_dialogs(page: Any) -> None:
+    """Close the first-visit "What's New" changelog modal (it covers the chat input)."""
+    dialog = page.locator("div[role=dialog]")
+    for _ in range(5):
+        await page.wait_for_timeout(500)
+        if not await dialog.count() or not await dialog.first.is_visible():
+            return
+        go = page.get_by_role("button", name="Okay, Let's Go!")
+        if await go.count():
+            await go.first.click()
+        else:
+            await page.keyboard.press("Escape")
 
 
 async def browser(req: dict[str, Any]) -> dict[str, Any]:
@@ -159,9 +172,12 @@ async def browser(req: dict[str, Any]) -> dict[str, Any]:
     timeout_ms = int(float(req.get("timeout", 90)) * 1000)
     started = time.monotonic()
     async with async_playwright() as p:
-        chromium = await p.chromium.launch(
+        # A fresh profile directory per run (Playwright wants it as the persistent-context argument).
+        context = await p.chromium.launch_persistent_context(
+            req["user_data_dir"],
             executable_path=req.get("executable", "/usr/bin/chromium"),
             headless=True,
+            viewport={"width": 1280, "height": 800},
             args=[
                 "--headless",
                 "--no-sandbox",
@@ -171,14 +187,14 @@ async def browser(req: dict[str, Any]) -> dict[str, Any]:
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
-                f"--user-data-dir={req['user_data_dir']}",
             ],
         )
         try:
-            page = await chromium.new_page(viewport={"width": 1280, "height": 800})
+            page = context.pages[0] if context.pages else await context.new_page()
             await page.goto(f"{base}/?model={req['model']}", timeout=timeout_ms)
             chat_input = page.locator("#chat-input")
             await chat_input.wait_for(state="visible", timeout=timeout_ms)
+            await _dismiss_dialogs(page)
             await chat_input.click()
             await page.keyboard.type(req["prompt"])
             await page.keyboard.press("Enter")
@@ -187,18 +203,16 @@ async def browser(req: dict[str, Any]) -> dict[str, Any]:
                 "text => document.body.innerText.includes(text)", arg=expect, timeout=timeout_ms
             )
             for text in req.get("also_wait_for", []):  # e.g. the follow-up suggestions
-                try:
+                with contextlib.suppress(Exception):  # nice to have in the screenshot, not required
                     await page.wait_for_function(
                         "text => document.body.innerText.includes(text)", arg=text, timeout=timeout_ms // 3
                     )
-                except Exception:
-                    pass
             await page.wait_for_timeout(int(req.get("settle_ms", 1500)))
             await page.screenshot(path=req["screenshot"], full_page=False)
             text = await page.evaluate("document.body.innerText")
             url = page.url
         finally:
-            await chromium.close()
+            await context.close()
     return {"page_text": text, "url": url, "elapsed_s": round(time.monotonic() - started, 2)}
 
 

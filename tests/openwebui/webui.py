@@ -24,7 +24,7 @@ from tests.openwebui.install import OpenWebUIVenv
 __all__ = ["OpenWebUI", "webui_env"]
 
 DRIVER = Path(__file__).with_name("driver.py")
-_STARTUP_TIMEOUT_S = 120.0
+_STARTUP_TIMEOUT_S = 180.0
 
 
 def webui_env(
@@ -183,7 +183,9 @@ class OpenWebUI:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            raise AssertionError(f"driver {command} timed out after {timeout}s:\n{err.decode()[-3000:]}")
+            raise AssertionError(
+                f"driver {command} timed out after {timeout}s:\n{err.decode()[-3000:]}"
+            ) from None
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

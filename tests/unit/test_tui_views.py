@@ -114,7 +114,9 @@ def test_sidebar_label_four_states(changes: dict[str, Any], expected: str) -> No
     p = posture(**changes)
     assert views.sidebar_label(p) == expected
     p_ledger = p["ledger"]
-    assert expected == label(enabled=p["enabled"], tool_policy=p["tool_policy"], degraded=p_ledger["degraded"])
+    assert expected == label(
+        enabled=p["enabled"], tool_policy=p["tool_policy"], degraded=p_ledger["degraded"]
+    )
     lines = views.sidebar_lines(p, server="http://x", session_id="tui-1", pending=0, activity="idle")
     assert lines[0] == f"OpenAI compat: {expected}"
 
@@ -157,16 +159,35 @@ def test_ledger_lines_tally_outcomes() -> None:
     assert "newest 2: (open)=1  final_answer=1" in lines
 
 
+def event(version: int, kind: str, at_ms: int, **data: Any) -> dict[str, Any]:
+    seconds, ms = divmod(at_ms, 1000)
+    return {
+        "version": version,
+        "type": kind,
+        "at": f"2026-11-25T21:15:{25 + seconds:02d}.{ms:03d}+00:00",
+        "data": data,
+    }
+
+
 EVENTS = [
-    {"version": 1, "type": "Fired", "at": "2026-11-25T21:15:25.000+00:00", "data": {"route": "chat_completions", "model": "bmo/local", "stream": True}},
-    {"version": 2, "type": "Started", "at": "2026-11-25T21:15:25.003+00:00", "data": {"model": "bmo/local", "message_count": 1}},
-    {"version": 3, "type": "ModelCalled", "at": "2026-11-25T21:15:25.005+00:00", "data": {"model": "bmo/local", "step": 1, "prompt_tokens": 10, "completion_tokens": 5, "finish_reason": "tool_calls"}},
-    {"version": 4, "type": "PermissionAsked", "at": "2026-11-25T21:15:25.010+00:00", "data": {"tool": "bash", "arguments": '{"command": "echo hi"}'}},
-    {"version": 5, "type": "PermissionDecided", "at": "2026-11-25T21:15:26.500+00:00", "data": {"decision": "allow", "decided_by": "operator"}},
-    {"version": 6, "type": "ToolCalled", "at": "2026-11-25T21:15:26.520+00:00", "data": {"name": "bash", "ok": True, "duration_ms": 12.04}},
-    {"version": 7, "type": "ContentAppended", "at": "2026-11-25T21:15:26.600+00:00", "data": {"text": "hi there", "role": "assistant"}},
-    {"version": 8, "type": "Finished", "at": "2026-11-25T21:15:26.654+00:00", "data": {"outcome": "final_answer", "status_code": 200, "elapsed_ms": 1653.6}},
-]  # fmt: skip
+    event(1, "Fired", 0, route="chat_completions", model="bmo/local", stream=True),
+    event(2, "Started", 3, model="bmo/local", message_count=1),
+    event(
+        3,
+        "ModelCalled",
+        5,
+        model="bmo/local",
+        step=1,
+        prompt_tokens=10,
+        completion_tokens=5,
+        finish_reason="tool_calls",
+    ),
+    event(4, "PermissionAsked", 10, tool="bash", arguments='{"command": "echo hi"}'),
+    event(5, "PermissionDecided", 1500, decision="allow", decided_by="operator"),
+    event(6, "ToolCalled", 1520, name="bash", ok=True, duration_ms=12.04),
+    event(7, "ContentAppended", 1600, text="hi there", role="assistant"),
+    event(8, "Finished", 1654, outcome="final_answer", status_code=200, elapsed_ms=1653.6),
+]
 
 
 def test_timeline_lines() -> None:

@@ -296,6 +296,20 @@ def test_quit(h: Harness) -> None:
     assert h.quit_called
 
 
+def test_unreachable_server_is_shown_and_clears(h: Harness) -> None:
+    h.client.fail_posture = True
+    h.controller.refresh()
+    h.bridge.drain()
+    rows = h.text()
+    assert rows[0].rstrip() == "OpenAI compat: enabled (chat_only)"  # the last known label
+    assert rows[1].startswith("server unreachable")
+    assert "refresh failed: cannot reach" in h.screen_text()
+    h.client.fail_posture = False
+    h.controller.refresh()
+    h.bridge.drain()
+    assert h.text()[1].startswith("idle")
+
+
 def test_server_errors_are_shown(h: Harness) -> None:
     h.client.fail_posture = True
     h.type("/openai-compat")
@@ -348,7 +362,9 @@ def test_permission_notes_keep_time_order_in_the_chat(h: Harness) -> None:
     c._answer_handle = h.screen.answer_start()
     c._on_chat_event(ChatStarted(""))
     c._on_chat_event(ChatDelta(DETAILS + "Listed.\n" + DETAILS[:30]))
-    c._on_run_event({"type": "PermissionAsked", "data": {"tool": "bash", "arguments": '{"command": "echo hi"}'}})
+    c._on_run_event(
+        {"type": "PermissionAsked", "data": {"tool": "bash", "arguments": '{"command": "echo hi"}'}}
+    )
     c._on_run_event({"type": "PermissionDecided", "data": {"decision": "allow", "decided_by": "operator"}})
     c._on_chat_event(ChatDelta(DETAILS[30:] + "Ran it."))
     c._on_chat_event(ChatDone("stop"))
