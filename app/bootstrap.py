@@ -108,7 +108,7 @@ class Runtime:
             self._tools = ToolRegistry([*all_builtin_tools(), *mcp_tools])
         return self._tools
 
-    async def settle(self, timeout: float = 1.0) -> None:
+    async def settle(self, timeout: float = 2.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await self.writer.flush(timeout)
@@ -243,6 +243,7 @@ def build_asgi(
         started_at=int(time.time()),
         executor=runtime.executor,
         sessions=runtime.sessions,
+        tracing=runtime.records.tracing,
         settle=runtime.settle,
     )
     inner = create_litestar(deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version)

@@ -24,7 +24,7 @@ from app.http.deps import HttpDeps
 from app.http.openapi import SECURITY, Documented, DocumentedStream, errors
 from app.http.wire import RunEventRow, RunEventsPage, RunRow, RunsPage
 from app.projections import runs
-from app.projections.posture import Posture, read_posture
+from app.projections.posture import Posture, TelemetryPosture, read_posture
 
 __all__ = ["CompatController"]
 
@@ -54,6 +54,11 @@ class CompatController(Controller):
             degraded=deps.persistence.degraded,
             last_persist_error=deps.persistence.last_error,
             bind=deps.bind,
+            telemetry=TelemetryPosture(
+                otel_enabled=deps.tracing.enabled,
+                exported_spans=deps.tracing.exported_spans,
+                dropped_spans=deps.tracing.dropped_spans,
+            ),
         )
 
     @get(

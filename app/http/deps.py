@@ -28,4 +28,5 @@ class HttpDeps:
     started_at: int
     executor: Any  # Executor: command handlers only
     sessions: Any  # SessionService
+    tracing: Any  # Tracing: export counters for posture
     settle: Callable[[], Awaitable[None]]  # let the projector catch up (bounded)

@@ -13,6 +13,7 @@ __all__ = [
     "LedgerPosture",
     "Posture",
     "RecentOutcome",
+    "TelemetryPosture",
     "UserAgentCount",
     "label",
     "read_posture",
@@ -44,6 +45,14 @@ class BindPosture(msgspec.Struct, frozen=True):
     auth: bool
 
 
+class TelemetryPosture(msgspec.Struct, frozen=True):
+    """OTel export health: the SDK drops spans quietly, so bmo counts them."""
+
+    otel_enabled: bool = False
+    exported_spans: int = 0
+    dropped_spans: int = 0
+
+
 class Posture(msgspec.Struct, frozen=True):
     enabled: bool
     tool_policy: str
@@ -56,6 +65,7 @@ class Posture(msgspec.Struct, frozen=True):
     top_user_agents: list[UserAgentCount]
     recent_outcomes: list[RecentOutcome]
     bind: BindPosture
+    telemetry: TelemetryPosture = TelemetryPosture()
 
 
 def label(*, enabled: bool, tool_policy: str, degraded: bool) -> str:
@@ -76,6 +86,7 @@ def snapshot(
     top_user_agents: list[dict[str, Any]],
     recent_outcomes: list[dict[str, Any]],
     bind: BindPosture,
+    telemetry: TelemetryPosture | None = None,
 ) -> Posture:
     return Posture(
         enabled=compat.enabled,
@@ -89,6 +100,7 @@ def snapshot(
         top_user_agents=[UserAgentCount(**u) for u in top_user_agents],
         recent_outcomes=[RecentOutcome(**o) for o in recent_outcomes],
         bind=bind,
+        telemetry=telemetry or TelemetryPosture(),
     )
 
 
@@ -100,6 +112,7 @@ def read_posture(
     degraded: bool,
     last_persist_error: str | None,
     bind: BindPosture,
+    telemetry: TelemetryPosture | None = None,
 ) -> Posture:
     """Query the read models and build the snapshot."""
     return snapshot(
@@ -115,4 +128,5 @@ def read_posture(
         top_user_agents=counts.top_user_agents(conn),
         recent_outcomes=runs.recent_outcomes(conn),
         bind=bind,
+        telemetry=telemetry,
     )

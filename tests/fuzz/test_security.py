@@ -57,7 +57,9 @@ PROTECTED = [
     ("GET", "/schema/openapi.json"),
     ("GET", "/v1/no-such-route"),
 ]
-VARYING = {"x-request-id", "date"}
+# per response, not per token: granian adds `connection: close` when a refused POST's body was
+# still unread (a race with the upload, seen for every variant alike)
+VARYING = {"x-request-id", "date", "connection"}
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +115,11 @@ def test_the_check_compares_fixed_length_digests_in_constant_time(monkeypatch: p
     assert TOKEN not in repr(vars(check))
     assert check._digest == hashlib.sha256(TOKEN.encode()).digest()  # only the digest is kept
     compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
-        return hmac.compare_digest(a, b)
+        return real(a, b)
 
     monkeypatch.setattr(asgi.hmac, "compare_digest", spy)
     for presented in (b"", b"Bearer x", f"Bearer {TOKEN}".encode(), b"Bearer " + b"y" * 100_000):
@@ -292,7 +295,8 @@ def _space_before_colon(marker: str) -> bytes:
 
 
 def _pipelined(marker: str) -> bytes:  # the control: two honest requests on one connection
-    return _smuggled("smuggle-front") + _smuggled(marker)
+    last = _smuggled(marker).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    return _smuggled("smuggle-front") + last
 
 
 # name -> (request builder, [(status, answered by bmo?)], connection closed after, smuggled request served)
@@ -303,7 +307,7 @@ SMUGGLING = {
     "two-Content-Length": (_two_cl, [(400, False)], True, False),
     "obs-fold-TE": (_obs_fold, [(400, False)], True, False),
     "space-before-colon-TE": (_space_before_colon, [(400, False)], True, False),
-    "control-pipelined": (_pipelined, [(200, True), (200, True)], False, True),
+    "control-pipelined": (_pipelined, [(200, True), (200, True)], True, True),
 }
 
 
