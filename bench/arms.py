@@ -76,7 +76,10 @@ def start_mock(
     """A mock upstream (in the namespace if given); (port, pid)."""
     port = port or free_port()
     prefix = netns.prefix if netns else []
-    proc = procs.spawn(name, [*prefix, *_granian("bench.mock_upstream:app", port)], cwd=REPO)
+    # granian's backpressure (default: backlog, 1024) is a per-connection permit: idle keep-alive
+    # connections from the gateways would otherwise cap the many-open-streams test below 1000.
+    argv = [*_granian("bench.mock_upstream:app", port), "--backlog", "4096", "--backpressure", "8192"]
+    proc = procs.spawn(name, [*prefix, *argv], cwd=REPO)
     wait_http(port, path="/v1/models", proc=proc, netns_pid=netns.holder_pid if netns else None)
     return port, proc.pid
 

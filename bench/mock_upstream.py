@@ -4,7 +4,8 @@ Non-streaming: a fixed ~300-byte chat.completion. Streaming: 20 chunks, a
 usage chunk and `data: [DONE]`, no delay. Also `GET /v1/models`.
 A streaming request whose body contains `__hold_ms=N__` (say, in a message) gets
 its first two chunks (role, first token) at once and the rest after N ms: the bench holds many streams
-open that way to measure memory per open stream.
+open that way to measure memory per open stream; `GET /mock/holds` tells how many
+are held now and at most (`GET /mock/holds?reset` restarts the high-water mark).
 Run: granian --interface asgi --loop uvloop --workers 1 bench.mock_upstream:app --port 9100
 """
 
@@ -54,6 +55,7 @@ _STREAM = (
 )
 _FIRST = _chunk({"role": "assistant", "content": ""}) + _chunk({"content": "tok0 "})
 _HOLD = re.compile(rb"__hold_ms=(\d+)__")
+_HOLDS = {"now": 0, "max": 0}  # held streams open now and the high-water mark (one worker: one process)
 _MODELS = json.dumps(
     {"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}
 ).encode()
@@ -69,6 +71,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     if scope["method"] == "GET":
+        if scope["path"] == "/mock/holds":  # ?reset clears the high-water mark
+            if scope.get("query_string"):
+                _HOLDS["max"] = _HOLDS["now"]
+            await _send(send, 200, b"application/json", json.dumps(_HOLDS).encode())
+            return
         await _send(send, 200, b"application/json", _MODELS)
         return
     stream = b'"stream": true' in body or b'"stream":true' in body
@@ -98,5 +105,10 @@ async def _send_held(send: Any, hold_s: float) -> None:
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
     )
     await send({"type": "http.response.body", "body": _FIRST, "more_body": True})
-    await asyncio.sleep(hold_s)
+    _HOLDS["now"] += 1
+    _HOLDS["max"] = max(_HOLDS["max"], _HOLDS["now"])
+    try:
+        await asyncio.sleep(hold_s)
+    finally:
+        _HOLDS["now"] -= 1
     await send({"type": "http.response.body", "body": _STREAM[len(_FIRST) :]})  # tok1 onwards

@@ -289,8 +289,9 @@ def detail_sweep(results: dict[str, Any]) -> str:
     return (
         f"Each rate runs {step:.0f} s per arm. Latency counts from each request's scheduled send time "
         "(queueing included, no coordinated omission). An arm stops climbing in a round once a rate "
-        "saturates it (achieved < 90 % of offered, drops, > 1 % errors or p99 > 1 s).\n\n"
-        + table(header, rows)
+        "saturates it (achieved < 90 % of offered, drops, > 1 % errors or p99 > 1 s). The generator's "
+        "send lag (how late it sent against its schedule) shows when the generator itself, one Python "
+        "process on the same cores, was the limit rather than the server.\n\n" + table(header, rows)
     )
 
 
@@ -369,6 +370,7 @@ def detail_hold(results: dict[str, Any]) -> str:
             [
                 LABELS[arm],
                 both(values(results, "hold", arm, g("requests"))),
+                both(values(results, "hold", arm, g("upstream_max_held"))),
                 both(values(results, "hold", arm, g("max_open"))),
                 both(values(results, "hold", arm, g("rss_baseline_mb"))),
                 both(values(results, "hold", arm, g("rss_peak_mb"))),
@@ -380,7 +382,8 @@ def detail_hold(results: dict[str, Any]) -> str:
     header = [
         "arm",
         "streams completed",
-        "streams open at once",
+        "held at the upstream at once",
+        "open at the client at once",
         "RSS before MB",
         "RSS peak MB",
         "KB per stream",
@@ -389,10 +392,11 @@ def detail_hold(results: dict[str, Any]) -> str:
     ]
     plan = results["meta"]["plan"]
     return (
-        f"{plan['hold_streams']} streaming requests opened over ~1 s; the mock sends the first token at once "
-        f'and holds the rest for {plan["hold_ms"]} ms. "Open at once" is the most streams that had '
-        "received data and not yet finished at the same moment (client side): a gateway that queues "
-        "requests behind an upstream connection-pool limit shows that limit here. RSS is the sum of "
+        f"{plan['hold_streams']} streaming requests opened over ~{min(2.0, plan['hold_ms'] / 2500):.0f} s; "
+        f'the mock sends the first token at once and holds the rest for {plan["hold_ms"]} ms. "Held at the '
+        "upstream\" is the mock's own count of streams it held at the same moment: a gateway that queues "
+        'requests behind an upstream connection-pool limit shows that limit there. "Open at the client" '
+        "counts streams that had received data and not yet ended at the same moment. RSS is the sum of "
         "VmRSS over the server's process tree (for bmo: the granian main process, the worker and the "
         "projector), sampled every 250 ms. "
         "LiteLLM is left out (at its ~30 streams/s, opening them all would take most of a minute).\n\n"
@@ -432,14 +436,14 @@ def targets(results: dict[str, Any]) -> list[Target]:
     def ratio_med(key: str, other: str) -> float | None:
         return med(ratio(results, key, "bmo", other, RPS))
 
-    hold_open = b("hold", g("max_open"))
+    hold_open = b("hold", g("upstream_max_held"))
     hold_rss = b("hold", g("rss_peak_mb"))
     streams = results["meta"]["plan"]["hold_streams"]
     hold_reason = ""
     if hold_open is not None and hold_open < 0.95 * streams:
         hold_reason = (
-            f"only {hold_open:.0f} of {streams} streams were open at once (RSS then {fmt(hold_rss)} MB); "
-            "see the many-open-streams table"
+            f"bmo held only {hold_open:.0f} of {streams} streams open to the upstream at once (RSS then "
+            f"{fmt(hold_rss)} MB); see the many-open-streams table"
         )
     saturated_at = lag_saturated(results)
     lag_reason = (
@@ -604,9 +608,10 @@ def _load_note(meta: dict[str, Any]) -> str:
     if noisy:
         text += (
             "\n> **Noisy run.** Other work was using a noticeable share of the CPU around this run (other "
-            "engineers' test suites share this machine). Interleaving spreads that noise over all arms, and "
-            "CPU ms per request is the most robust figure, but RPS and tail latencies are less trustworthy "
-            "than on an idle machine.\n"
+            "engineers' test suites share this machine). Interleaving spreads that noise over all arms, so "
+            "compare arms by their ratios (bmo / bare, bmo / LiteLLM) rather than by absolute values: RPS "
+            "and tail latencies are lower and longer than on an idle machine, and even CPU ms per request "
+            "is inflated by contention for the shared cores and caches.\n"
         )
     return text
 
@@ -627,14 +632,17 @@ def _setup(results: dict[str, Any]) -> str:
     lite_notes = "; ".join((arms.get("litellm") or {}).get("notes", []))
     otel = _otel_text(results, otlp) if otlp else f"OTel off. {bmo_notes}"
     return f"""\
-- **direct**: `bench/mock_upstream.py`, a raw ASGI app under granian (1 worker, uvloop, HTTP/1).
+- **direct**: `bench/mock_upstream.py`, a raw ASGI app under granian (1 worker, uvloop, HTTP/1,
+  `--backlog 4096 --backpressure 8192` so that it can hold 1,000 streams while the gateways keep idle
+  keep-alive connections to it).
   Non-streaming: a fixed ~300-byte `chat.completion`; streaming: 20 chunks + usage + `[DONE]`, no delay.
 - **bmo**: `bmo serve --addr 127.0.0.1:PORT --auth-token T` (1 granian worker + the projector process) in a
   temporary working directory whose `bmo.toml` sets `[options] model = "mock/mock-model"` and an `openai`
   provider `mock` pointing at the mock; a fresh `BMO_GLOBAL_DATA` (event store, read models, records) for the
   run; ledger and records on, as users run it. {otel}
 - **bare**: `bench/bare_proxy.py`, Litestar + granian (1 worker) + one `aiohttp.ClientSession` forwarding the
-  raw body (no auth, no validation, no events): the ceiling for the stack bmo is built on.
+  raw body (no auth, no validation, no events; upstream pool limit 2,048): the ceiling for the stack bmo is
+  built on.
 - **LiteLLM**: `litellm --config … --num_workers 1` from `bench/.venv-litellm`
   (`pip install 'litellm[proxy]'`), master key set (it refuses to start without one), no database,
   `LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR LITELLM_MODE=PRODUCTION DISABLE_ADMIN_UI=True

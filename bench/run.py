@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,7 +86,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         lag_rate=500.0,
         lag_interval=0.05,
         hold_streams=1000,
-        hold_ms=3000,
+        hold_ms=5000,
         limit_s=args.limit,
         litellm=not args.no_litellm,
     )
@@ -237,15 +238,27 @@ def _hold(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
     """`--hold-streams` streams open at once (the mock holds each for hold_ms); peak RSS."""
     baseline = tree_rss_mb(arm.roots)
     hold_s = h.plan.hold_ms / 1000
-    ramp = min(1.0, hold_s / 3)
+    ramp = min(2.0, hold_s / 2.5)
+    _mock_holds(h, reset=True)
     argv = _tool(arm, "bench.ttft", "--model", arm.model, "--once")
     argv += ["--concurrency", str(metric.concurrency), "--ramp-s", str(ramp), "--duration", str(ramp + 0.5)]
-    argv += ["--grace", str(hold_s + 20), "--content", f"hold please __hold_ms={h.plan.hold_ms}__"]
-    result = measure(h, arm, argv, _ttft_parse, timeout=hold_s + 40)
+    argv += ["--grace", str(hold_s + 25), "--content", f"hold please __hold_ms={h.plan.hold_ms}__"]
+    result = measure(h, arm, argv, _ttft_parse, timeout=hold_s + 45)
     result["rss_baseline_mb"] = baseline
-    opened = max(1, result.get("max_open", 0))
+    result["upstream_max_held"] = _mock_holds(h).get("max")
+    opened = max(1, result.get("upstream_max_held") or result.get("max_open", 0))
     result["rss_per_stream_kb"] = (result["rss_peak_mb"] - baseline) * 1024 / opened
     return result
+
+
+def _mock_holds(h: Harness, reset: bool = False) -> dict[str, int]:
+    """The host mock's count of held streams (now, max) via `GET /mock/holds`."""
+    url = f"http://127.0.0.1:{h.arms['direct'].port}/mock/holds" + ("?reset" if reset else "")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+    except (OSError, ValueError):
+        return {}
 
 
 # ---------------------------------------------------------------- plan of metrics

@@ -167,6 +167,10 @@ def _run_granian(bind: BindDecision, workers: int) -> int:
         factory=True,
         log_access=False,
         respawn_failed_workers=True,
+        # granian counts idle keep-alive connections against its cap (default 1,024 per
+        # worker): leave room for 1,000+ open streams plus idle clients.
+        backlog=4096,
+        backpressure=4096,
         websockets=False,
     )
     server.serve()

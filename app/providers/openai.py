@@ -41,7 +41,7 @@ from app.providers.openai_wire import (
 
 __all__ = ["OpenAIProvider"]
 
-_POOL_LIMIT = 256
+_POOL_LIMIT = 2048  # open upstream streams per provider: one per concurrent client stream
 _BACKOFF_BASE_S = 0.2
 _MAX_DELAY_S = 10.0
 _DRAIN_S = 0.5

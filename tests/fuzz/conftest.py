@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,8 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Hypothesis writes caches under its home dir: keep them out of the work tree."""
-    set_hypothesis_home_dir(str(tmp_path_factory.mktemp("hypothesis")))
+# Hypothesis (under schemathesis) writes caches under its home dir: keep them out of the work tree.
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "bmo-fuzz-hypothesis"))
 
 
 def make_workspace(root: Path) -> Path:

@@ -131,6 +131,7 @@ def _check_common(case: schemathesis.Case, response: schemathesis.Response) -> N
     SEEN.append((case.operation.label, status, request_id))
 
 
+@pytest.mark.timeout(300)  # one test item holds every operation's examples
 @with_token.parametrize()
 @HYPOTHESIS
 def test_fuzz_with_token(case: schemathesis.Case, fuzz_server: BmoServer) -> None:
@@ -139,6 +140,7 @@ def test_fuzz_with_token(case: schemathesis.Case, fuzz_server: BmoServer) -> Non
     case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
 
+@pytest.mark.timeout(300)
 @without_token.parametrize()
 @HYPOTHESIS
 def test_fuzz_without_token(case: schemathesis.Case, fuzz_server: BmoServer) -> None:

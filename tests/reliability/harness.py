@@ -99,10 +99,15 @@ async def stream_chat(
     extra: dict[str, int] | None = None,
     timeout: float = 120,
     stream: bool = True,
+    pad: int = 0,
 ) -> StreamResult:
-    """One chat request whose answer the slow upstream streams; reads it to the end."""
+    """One chat request whose answer the slow upstream streams; reads it to the end.
+
+    `pad` adds that many filler characters to the user message (a fat session transcript).
+    """
     tag = nonce()
     text = f"Please echo the stream {directive(tag, chunks=chunks, delay_ms=delay_ms, **(extra or {}))}"
+    text = f"{'x' * pad} {text}" if pad else text
     result = StreamResult(nonce=tag, expected=expected_content(tag, chunks), session_id=session_id)
     headers = dict(server.headers)
     if session_id:
@@ -234,6 +239,7 @@ class Sampler:
     projector_rss: list[float] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
     gauges: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each sample
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -247,6 +253,9 @@ class Sampler:
         if self._thread is not None:
             self._thread.join(5)
 
+    def gauges_between(self, start: float, end: float) -> list[int]:
+        return [g for g, t in zip(self.gauges, self.times, strict=False) if start <= t <= end]
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             workers = self.tree.workers()
@@ -255,6 +264,7 @@ class Sampler:
             projector = self.tree.projector()
             self.projector_rss.append(rss_mb(projector) if projector else 0.0)
             self.gauges.append(self.gauge())
+            self.times.append(time.monotonic())
             if self.data_dir is not None:
                 self.lag.append(projector_lag(self.data_dir))
 

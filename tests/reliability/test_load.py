@@ -81,7 +81,7 @@ async def _load(server: BmoServer, seconds: float, gauge: list[int]) -> list[h.S
     return results
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_500_concurrent_streams(
     make_server: Callable[..., BmoServer],
     tmp_path: Path,
@@ -113,7 +113,7 @@ def test_500_concurrent_streams(
             (r.status, (r.error or {}).get("code"), r.exception[:60], r.done) for r in broken
         )
         server_errors = sum(n for status, n in statuses.items() if status >= 500)
-        steady = sampler.gauges[3 : max(4, int(load_seconds) - 2)]
+        steady = sampler.gauges_between(started + 3, started + load_seconds - 1)  # ramp-up, drain
         seconds = [r.ended - r.started for r in results]
         ids = {r.request_id for r in results}
 
@@ -176,6 +176,7 @@ def test_500_concurrent_streams(
         assert len(rows) == len(results)  # and nothing else ran on the route
         assert all(row["outcome"] == "final_answer" and row["status_code"] == 200 for row in rows)
         assert all(terminals.get(i) == 1 for i in ids), "a run without exactly one terminal event"
+        h.assert_every_run_terminal_once(server.data_dir / "events.db")  # the prober's runs too
         assert all(r.complete for r in again), [(r.status, r.error) for r in again]
         assert max(sampler.rss) < RSS_BOUND_MB
         for name, p in probes.items():
@@ -212,7 +213,12 @@ async def _more_turns(server: BmoServer, clients: list[int]) -> list[h.StreamRes
 def test_one_provider_carries_more_than_256_streams(
     make_server: Callable[..., BmoServer], tmp_path: Path, figures: Callable[[str, dict[str, Any]], None]
 ) -> None:
-    """300 concurrent 8 s streams through ONE provider: the 44 beyond the pool should wait, not fail."""
+    """300 concurrent 20 s streams through ONE provider (default timeouts and retries).
+
+    256 get an upstream connection; the other 44 wait for a pool slot, and each attempt's
+    wait counts against connect_timeout_s (5 s): after 3 attempts (~15.6 s) they fail with
+    504 "did not accept a connection within 5 s", though the upstream accepts at once.
+    """
     with SlowStreamUpstream(tmp_path) as upstream:
         server = make_server(config_text=h.bmo_config({"up1": upstream.base_url}))
 
@@ -220,14 +226,16 @@ def test_one_provider_carries_more_than_256_streams(
             async with h.client_session() as http:
                 return await asyncio.gather(
                     *(
-                        h.stream_chat(http, server, model="up1/fake-model", chunks=8, delay_ms=1000)
+                        h.stream_chat(http, server, model="up1/fake-model", chunks=20, delay_ms=1000)
                         for _ in range(300)
                     )
                 )
 
         results = asyncio.run(asyncio.wait_for(burst(), 120))
         failed = collections.Counter(
-            (r.status, (r.error or {}).get("code")) for r in results if not r.complete
+            (r.status, (r.error or {}).get("code"), (r.error or {}).get("message", "")[:90])
+            for r in results
+            if not r.complete
         )
         figures(
             "one_provider_300_streams",
