@@ -21,11 +21,13 @@ _EXACT = {
 def route_name(path: str) -> str | None:
     """None for paths that are not part of the compat surface (probes, schema).
 
-    Doubled slashes (`/v1//models`, from a base URL with a trailing slash) are
-    served by the router, so they are named like the route they reach.
+    Doubled and trailing slashes (`/v1//models`, `/v1/models/`) are served by
+    the router, so they are named like the route they reach.
     """
     if "//" in path:
         path = _SLASHES.sub("/", path)
+    if len(path) > 1 and path.endswith("/"):
+        path = path.rstrip("/")  # served by the router too
     name = _EXACT.get(path)
     if name is not None:
         return name

@@ -103,9 +103,16 @@ def _candidate_files(root: Path, target: Path) -> Iterator[Path]:
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if path.is_symlink() and not path.resolve(strict=False).is_relative_to(root):
-                continue  # a link pointing out of the workspace
+            if path.is_symlink() and not _link_stays_inside(path, root):
+                continue  # a link pointing out of the workspace, or a loop
             yield path
+
+
+def _link_stays_inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve(strict=False).is_relative_to(root)
+    except (RuntimeError, OSError):  # a symlink loop resolves to nothing
+        return False
 
 
 def _matching_lines(file: Path, regex: re.Pattern[str]) -> Iterator[tuple[int, str]]:
