@@ -17,7 +17,6 @@ from app.commands.finish_run import FinishRun
 from app.commands.release_run import ReleaseRun
 from app.events.run import fold
 from app.events.session import fold as session_fold
-from app.events.session import session_uuid
 from app.events.store import EventStore
 from app.projections.runner import ProjectionRunner
 from app.telemetry import Records
@@ -25,6 +24,7 @@ from app.telemetry import Records
 __all__ = ["sweep_interrupted"]
 
 REASON = "interrupted"
+SESSION_OPENED_TOPIC = "app.events.session:SessionOpened"
 
 
 def sweep_interrupted(store: EventStore, read_db: Path, records: Records, capacity: int) -> list[str]:
@@ -67,32 +67,38 @@ def sweep_interrupted(store: EventStore, read_db: Path, records: Records, capaci
             reason=REASON,
         )
         finished.append(request_id)
-    _free_sessions(store, finished)
+    _free_sessions(store)
     runner.catch_up()
     runner.close()
     return finished
 
 
-def _free_sessions(store: EventStore, swept: list[str]) -> None:
-    """Release sessions whose active run was swept; drop swept runs from their queues."""
-    swept_ids = set(swept)
-    sessions = {fold(UUID(hex=r), store.stream(UUID(hex=r))).session_id for r in swept}
-    for session_id in sorted(s for s in sessions if s):
-        stream_id = session_uuid(session_id)
+def _free_sessions(store: EventStore) -> None:
+    """Release every session whose active run has ended; drop ended runs from queues.
+
+    Covers runs swept just now and runs that ended while their session's release
+    was lost (a crash between the two appends), so no session stays busy forever.
+    """
+    for stream_id in store.streams_with(SESSION_OPENED_TOPIC):
         state = session_fold(stream_id, store.stream(stream_id))
         at = datetime.now(UTC)
-        for run_id in [r for r in state.queue if r in swept_ids]:
-            events = drop_queued_run.decide(
-                state, DropQueuedRun(stream_id=stream_id, at=at, run_id=run_id, reason=REASON)
+        for run_id in [r for r in state.queue if _ended(store, r)]:
+            store.save(
+                drop_queued_run.decide(
+                    state, DropQueuedRun(stream_id=stream_id, at=at, run_id=run_id, reason=REASON)
+                )
             )
-            store.save(events)
             state = session_fold(stream_id, store.stream(stream_id))
-        if state.active_run in swept_ids:
+        if state.active_run and _ended(store, state.active_run):
+            outcome = fold(UUID(hex=state.active_run), store.stream(UUID(hex=state.active_run))).outcome
             release = ReleaseRun(
-                stream_id=stream_id, at=at, run_id=state.active_run, outcome="error_500", turn=[]
+                stream_id=stream_id, at=at, run_id=state.active_run, outcome=outcome, turn=[]
             )
-            # the queue was emptied of swept runs above, so nothing new is activated here
-            store.save(release_run.decide(state, release))
+            store.save(release_run.decide(state, release))  # may activate the next queued run
+
+
+def _ended(store: EventStore, run_id: str) -> bool:
+    return fold(UUID(hex=run_id), store.stream(UUID(hex=run_id))).finished
 
 
 def _route(runner: ProjectionRunner, request_id: str) -> str:

@@ -51,6 +51,7 @@ class RequestLifecycle:
     error: str = ""
     model: str = ""
     closing: asyncio.Task[None] | None = None
+    closing_hooks: asyncio.Task[None] | None = None
     requester: str = ""
     peer: str = ""
     ignored_identity: tuple[str, ...] = ()  # identity headers from an untrusted peer
@@ -155,6 +156,12 @@ class RequestLifecycle:
                 finish_reason=finish_reason,
             )
         )
+        if self.on_finish:
+            # Shielded: a cancelled request (client gone) must still release its session.
+            self.closing_hooks = asyncio.get_running_loop().create_task(self._run_hooks(outcome))
+            await asyncio.shield(self.closing_hooks)
+
+    async def _run_hooks(self, outcome: str) -> None:
         for hook in self.on_finish:
             await hook(outcome)
 

@@ -31,6 +31,7 @@ from app.errors import BmoError
 from app.events.run import Fired, Queued
 from app.events.session import RunActivated, RunQueued, SessionState, session_uuid
 from app.events.store import EventStore
+from app.events.writer import PersistFailed
 from app.providers.catalog import ModelCatalog
 from app.telemetry import Records
 
@@ -127,16 +128,34 @@ class SessionService:
         )
 
     async def release(self, session_id: str, run_id: str, outcome: str, turn: list[dict]) -> None:
-        events = await self._executor.execute(
-            ReleaseRun(
-                stream_id=session_uuid(session_id),
-                at=datetime.now(UTC),
-                run_id=run_id,
-                outcome=outcome,
-                turn=turn,
-            ),
-            durable=True,
+        command = ReleaseRun(
+            stream_id=session_uuid(session_id),
+            at=datetime.now(UTC),
+            run_id=run_id,
+            outcome=outcome,
+            turn=turn,
         )
+        try:
+            events = await self._executor.execute(command, durable=True)
+        except PersistFailed:  # a release must happen, or the session stays busy forever
+            self._keep(self._release_later(command))
+            return
+        self._activated(events)
+
+    async def _release_later(self, command: ReleaseRun, every_s: float = 1.0, for_s: float = 3600.0) -> None:
+        """Retry a release until the store takes it again (bounded; the startup sweep is the backstop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + for_s
+        while loop.time() < deadline:
+            await asyncio.sleep(every_s)
+            try:
+                events = await self._executor.execute(command, durable=True)
+            except PersistFailed:
+                continue
+            self._activated(events)
+            return
+
+    def _activated(self, events: tuple) -> None:
         for event in events:
             if isinstance(event, RunActivated):
                 self._start(event.run_id)
@@ -155,7 +174,10 @@ class SessionService:
         await asyncio.gather(*self._background, return_exceptions=True)
 
     def _start(self, run_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_deferred(run_id), name=f"deferred-{run_id}")
+        self._keep(self._run_deferred(run_id))
+
+    def _keep(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

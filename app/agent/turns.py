@@ -96,11 +96,11 @@ class TurnRunner:
         result = result if result is not None else TurnResult()
         done: Done | None = None
         self._tracing.turn_started(run_id.hex, model.id)
+        recorder = RunRecorder(self._executor, run_id, self._tracing, model.provider.name)
         try:
             await self._executor.execute(
                 StartRun(run_id=run_id, at=datetime.now(UTC), model=model.id, message_count=len(messages))
             )
-            recorder = RunRecorder(self._executor, run_id, self._tracing, model.provider.name)
             async for event in run_turn(self._spec(run_id, model, messages, options), recorder):
                 if isinstance(event, TextChunk):
                     await recorder.content(event.text)
@@ -114,6 +114,9 @@ class TurnRunner:
                 if isinstance(event, Done):
                     done = event
                 yield event
+        except Exception:
+            await recorder.flush()  # what the client already received stays replayable
+            raise
         finally:
             self._tracing.turn_ended(run_id.hex, done.outcome if done is not None else None)
 

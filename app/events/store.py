@@ -60,6 +60,14 @@ class EventStore:
     def max_notification_id(self) -> int:
         return self._app.recorder.max_notification_id() or 0
 
+    def streams_with(self, topic: str) -> list[UUID]:
+        """Ids of the streams that hold an event of `topic` (e.g. every session)."""
+        with sqlite3.connect(self.path, timeout=10) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT originator_id FROM stored_events WHERE topic = ?", (topic,)
+            ).fetchall()
+        return [UUID(str(r[0])) for r in rows]
+
     def check_writable(self) -> None:
         """Raise if the store cannot take a write lock right now."""
         with sqlite3.connect(self.path, timeout=0.5) as conn:

@@ -175,8 +175,10 @@ async def stream(
         upcoming.abandon()
         error = to_bmo_error(exc)
         yield sse.event(envelope(error))
-        yield sse.DONE
+        # finish (and release the session) before [DONE]: a client that leaves on
+        # [DONE] must not be able to cancel the release
         await lifecycle.finish("error_500", error.status, error=error.message)
+        yield sse.DONE
     else:
         await events.aclose()  # type: ignore[attr-defined]
 

