@@ -110,7 +110,11 @@ class BmoServer:
 
         if not self.log_path.exists():
             return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        text = self.log_path.read_text()
+        # the server appends whole batches of lines while we read: a line without its
+        # newline is still being written, so only complete lines count
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def records_for(self, request_id: str, count: int, timeout: float = 5.0) -> list[dict]:
         """The records of one request, once at least `count` are written (records are batched)."""
