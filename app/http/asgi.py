@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from app.agent.drain import Drain
 from app.agent.lifecycle import RequestLifecycle, RouteDefaults
 from app.commands.execute import Executor
 from app.errors import Unauthorized
@@ -70,8 +71,10 @@ class BmoAsgi:
         defaults: RouteDefaults,
         session_fallbacks: tuple[str, ...] = (),
         proxies: TrustedProxies | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self._inner = inner
+        self._drain = drain
         self._tokens = tokens
         self._executor = executor
         self._records = records
@@ -131,6 +134,7 @@ class BmoAsgi:
             requester=identity.requester.label() if identity.requester else "",
             peer=peer,
             ignored_identity=identity.ignored,
+            drain=self._drain,
         )
 
     def _session_id(self, headers: dict[bytes, bytes]) -> str:
