@@ -32,6 +32,7 @@ from app.http.app import create_litestar
 from app.http.asgi import BmoAsgi, TokenCheck
 from app.http.deps import HttpDeps
 from app.http.identity import TrustedProxies
+from app.http.stall import StallWatch
 from app.net import is_loopback_host, parse_addr
 from app.projections.db import open_read_db, read_db_path
 from app.projections.follower import ProjectionFollower
@@ -267,4 +268,5 @@ def build_asgi(
         session_fallbacks=compat.session_header_fallbacks,
         proxies=proxies,
         drain=runtime.drain,
+        stalls=StallWatch(settings.options.http_server.stall_timeout_s),
     )
