@@ -15,6 +15,7 @@ from typing import Any
 
 from eventsourcing.domain import DomainEvent
 
+from app.agent.drain import Drain
 from app.agent.lifecycle import RouteDefaults
 from app.agent.permissions import PermissionGate
 from app.agent.sessions import SessionService
@@ -31,6 +32,7 @@ from app.http.app import create_litestar
 from app.http.asgi import BmoAsgi, TokenCheck
 from app.http.deps import HttpDeps
 from app.http.identity import TrustedProxies
+from app.http.stall import StallWatch
 from app.net import is_loopback_host, parse_addr
 from app.projections.db import open_read_db, read_db_path
 from app.projections.follower import ProjectionFollower
@@ -76,10 +78,12 @@ class Runtime:
     providers: list[ChatProvider] = field(default_factory=list)
     mcp: Any = None  # McpHub, imported only when [mcp] servers are configured (slow import)
     sessions: SessionService | None = None
+    drain: Drain = field(default_factory=lambda: Drain(30.0))
     baseline: int = 0  # store head at start: reads wait for the projector to pass it
     _tools: ToolRegistry | None = None
 
     async def start(self) -> None:
+        self.drain.install(asyncio.get_running_loop())
         self.baseline = await asyncio.to_thread(self.store.max_notification_id)
         self.writer.start()
         self.projector.start()
@@ -90,8 +94,8 @@ class Runtime:
         gc.freeze()
 
     async def stop(self) -> None:
-        if self.sessions is not None:
-            await self.sessions.aclose()  # deferred runs end `cancelled`; recovery frees their sessions
+        if self.sessions is not None:  # deferred runs have no connection granian waits for: drain them here
+            await self.sessions.aclose(self._drain_left())
         if self.mcp is not None:
             await self.mcp.aclose()
         await self.writer.close()
@@ -100,6 +104,12 @@ class Runtime:
             await provider.aclose()
         self.store.close()
         self.records.close()
+
+    def _drain_left(self) -> float:
+        """Seconds of the shutdown deadline still left (none once it passed or without a signal)."""
+        if self.drain.started_at is None or self.drain.interrupted:
+            return 0.0
+        return max(0.0, self.drain.started_at + self.drain.timeout_s - time.monotonic())
 
     def tools(self) -> ToolRegistry:
         """Built-in tools plus every ready MCP tool (built once MCP servers are up)."""
@@ -141,6 +151,7 @@ def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | N
         executor=Executor(store, writer),
         projector=projector,
         records=records,
+        drain=Drain(settings.options.http_server.shutdown_timeout_s),
     )
 
 
@@ -245,6 +256,7 @@ def build_asgi(
         sessions=runtime.sessions,
         tracing=runtime.records.tracing,
         settle=runtime.settle,
+        drain=runtime.drain,
     )
     inner = create_litestar(deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version)
     return BmoAsgi(
@@ -255,4 +267,6 @@ def build_asgi(
         defaults=defaults,
         session_fallbacks=compat.session_header_fallbacks,
         proxies=proxies,
+        drain=runtime.drain,
+        stalls=StallWatch(settings.options.http_server.stall_timeout_s),
     )

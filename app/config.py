@@ -60,6 +60,10 @@ class HttpServer(_Config):
     addr: str = "127.0.0.1:9000"
     auth_token: str | None = None
     allow_no_auth: bool = False
+    # SIGTERM/SIGINT: runs in flight may finish this long, then end `error_500` (reason `interrupted`)
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # a client that reads nothing for this long is disconnected (run `cancelled`, recorded); 0 = never
+    stall_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
 class OpenAICompat(_Config):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +13,24 @@ from typing import Annotated
 
 from cyclopts import Parameter
 
-from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROJECTOR, ENV_PROXIES, ENV_TOKEN
+from app.cli.worker import (
+    ENV_ADDR,
+    ENV_CONFIG,
+    ENV_CWD,
+    ENV_PROJECTOR,
+    ENV_PROXIES,
+    ENV_SHUTDOWN,
+    ENV_TOKEN,
+    with_shutdown_timeout,
+)
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
 from app.http.identity import TrustedProxies
 from app.net import is_loopback_host, parse_addr
 
 __all__ = ["BindDecision", "decide_bind", "serve"]
+
+KILL_GRACE_S = 15  # past the drain deadline: time to end runs and flush events, records and spans
 
 LOOPBACK_WARNING = (
     "warning: bmo is listening on a non-loopback address ({addr}). The bearer token is the "
@@ -66,6 +80,13 @@ def serve(
     config: Annotated[
         Path | None, Parameter(help="An extra config file, on top of the layered ones.")
     ] = None,
+    shutdown_timeout: Annotated[
+        float | None,
+        Parameter(
+            help="Seconds runs in flight may finish after SIGTERM/SIGINT before they are ended "
+            "(default from config: 30). A second signal ends them at once."
+        ),
+    ] = None,
 ) -> int:
     """Start the HTTP server (granian) on the resolved configuration."""
     env = dict(os.environ)
@@ -80,6 +101,12 @@ def serve(
     if workers < 1:
         print("bmo serve: --workers must be at least 1", file=sys.stderr)
         return 2
+    if shutdown_timeout is not None:
+        if shutdown_timeout < 0:
+            print("bmo serve: --shutdown-timeout must be 0 or more seconds", file=sys.stderr)
+            return 2
+        settings = with_shutdown_timeout(settings, shutdown_timeout)
+        os.environ[ENV_SHUTDOWN] = repr(shutdown_timeout)
     for warning in bind.warnings:
         print(warning, file=sys.stderr)
     if env.get(ENV_FAULTS):
@@ -98,7 +125,7 @@ def serve(
         flush=True,
     )
     try:
-        return _run_granian(bind, workers)
+        return _run_granian(bind, workers, settings.options.http_server.shutdown_timeout_s)
     finally:
         _stop_projector(projector)
 
@@ -130,6 +157,7 @@ def _start_projector(settings: Settings) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "app", "projections", "run", "--ledger-capacity", capacity],
         stdin=subprocess.PIPE,  # closing it (or our death) tells the projector to finish
+        start_new_session=True,  # a terminal's Ctrl-C must not stop it before the workers' last events
     )
 
 
@@ -154,11 +182,10 @@ def _export(bind: BindDecision, config: Path | None, cwd: Path) -> None:
         os.environ.pop(ENV_TOKEN, None)
 
 
-def _run_granian(bind: BindDecision, workers: int) -> int:
-    from granian import Granian
+def _run_granian(bind: BindDecision, workers: int, shutdown_timeout_s: float) -> int:
     from granian.constants import Interfaces
 
-    server = Granian(
+    server = _granian_class()(
         "app.cli.worker:asgi",
         address=bind.host,
         port=bind.port,
@@ -172,6 +199,27 @@ def _run_granian(bind: BindDecision, workers: int) -> int:
         backlog=4096,
         backpressure=4096,
         websockets=False,
+        # Workers drain for shutdown_timeout_s, then end their runs and flush; kill only if that hangs.
+        workers_kill_timeout=math.ceil(shutdown_timeout_s) + KILL_GRACE_S,
     )
     server.serve()
     return 0
+
+
+def _granian_class() -> type:
+    """granian's server, passing a second SIGTERM/SIGINT on to the workers (they end their runs at once).
+
+    granian's main process answers the first signal by sending SIGTERM to each worker and waiting; a
+    second one would otherwise only set a flag it already set.
+    """
+    from granian import Granian
+
+    class DrainingGranian(Granian):  # type: ignore[misc, valid-type]
+        def signal_handler_interrupt(self, *args: object, **kwargs: object) -> None:
+            if self.interrupt_signal:
+                for worker in list(self.wrks):
+                    with contextlib.suppress(OSError, TypeError):  # gone already, or never started
+                        os.kill(worker.inner.pid, signal.SIGTERM)
+            super().signal_handler_interrupt(*args, **kwargs)
+
+    return DrainingGranian

@@ -14,12 +14,14 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from app.agent.drain import Drain
 from app.agent.lifecycle import RequestLifecycle, RouteDefaults
 from app.commands.execute import Executor
 from app.errors import Unauthorized
 from app.http.errors import envelope_bytes, outcome_for_status
 from app.http.identity import TrustedProxies, identify
 from app.http.routes import UNPROTECTED_PATHS, route_name
+from app.http.stall import StallWatch
 from app.telemetry import Records
 
 __all__ = ["BmoAsgi", "TokenCheck"]
@@ -70,8 +72,12 @@ class BmoAsgi:
         defaults: RouteDefaults,
         session_fallbacks: tuple[str, ...] = (),
         proxies: TrustedProxies | None = None,
+        drain: Drain | None = None,
+        stalls: StallWatch | None = None,
     ) -> None:
         self._inner = inner
+        self._drain = drain
+        self._stalls = stalls
         self._tokens = tokens
         self._executor = executor
         self._records = records
@@ -91,6 +97,8 @@ class BmoAsgi:
         scope["bmo.request_id"] = request_id
         status = [0, 0]  # status code, body completed
         send = _tagging_send(send, request_id, status)
+        if self._stalls is not None:
+            send = self._stalls.watch(send, lifecycle)
         if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(headers.get(b"authorization")):
             if lifecycle is None:  # /schema, /healthz/..: a wrong token is recorded all the same
                 lifecycle = scope["bmo"] = self._lifecycle(request_id, "unmatched", headers, scope)
@@ -131,6 +139,7 @@ class BmoAsgi:
             requester=identity.requester.label() if identity.requester else "",
             peer=peer,
             ignored_identity=identity.ignored,
+            drain=self._drain,
         )
 
     def _session_id(self, headers: dict[bytes, bytes]) -> str:
