@@ -19,7 +19,7 @@ from app.commands.execute import Executor
 from app.errors import Unauthorized
 from app.http.errors import envelope_bytes, outcome_for_status
 from app.http.identity import TrustedProxies, identify
-from app.http.routes import UNPROTECTED_PATHS, route_name
+from app.http.routes import is_unprotected, route_name
 from app.telemetry import Records
 
 __all__ = ["BmoAsgi", "TokenCheck"]
@@ -91,7 +91,7 @@ class BmoAsgi:
         scope["bmo.request_id"] = request_id
         status = [0, 0]  # status code, body completed
         send = _tagging_send(send, request_id, status)
-        if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(headers.get(b"authorization")):
+        if not is_unprotected(scope["path"]) and not self._tokens.allows(headers.get(b"authorization")):
             if lifecycle is None:  # /schema, /healthz/..: a wrong token is recorded all the same
                 lifecycle = scope["bmo"] = self._lifecycle(request_id, "unmatched", headers, scope)
             await self._refuse(send, lifecycle)
