@@ -78,7 +78,7 @@ class PermissionGate:
     async def open(self, run_id: UUID, call: ToolCall) -> Question | Decision:
         """A standing grant answers at once; otherwise record the question (or refuse if the run ended)."""
         canonical = canonical_call(call)
-        state = await self._executor.state_of(run_id)
+        state = await self._executor.current(run_id)  # cached: a reload would race our own writes
         if (grant_key(run_id, state.session_id), call.name) in self._grants:
             digest = arguments_digest(call.name, canonical.arguments)
             return Decision("", True, "grant", canonical, digest, "grant", scope="session")
@@ -164,8 +164,6 @@ async def answer(
     session_wide: bool = False,
 ) -> str:
     """An operator's answer: "decided", "already_decided", "run_ended" or "digest_mismatch"."""
-    state = await executor.state_of(run_id)
-    scope = ("session" if state.session_id else "run") if session_wide else "once"
     command = DecidePermission(
         run_id=run_id,
         at=datetime.now(UTC),
@@ -175,7 +173,7 @@ async def answer(
         requester=requester,
         decided_via=via,
         digest=digest,
-        scope=scope,  # type: ignore[arg-type]
+        scope="session" if session_wide else "once",  # the run, when it has no session
     )
     if await executor.execute(command, durable=True):
         return "decided"

@@ -24,6 +24,13 @@ def digest_matches(state: RunState, cmd: DecidePermission) -> bool:
     return not cmd.digest or state.question_digests.get(cmd.question_id, "") == cmd.digest
 
 
+def _scope(state: RunState, cmd: DecidePermission) -> str:
+    """How far an allow reaches: "session" means this run when the run has no session."""
+    if cmd.decision != "allow" or cmd.scope == "once":
+        return "once"
+    return "session" if state.session_id else "run"
+
+
 def decide(state: RunState, cmd: DecidePermission) -> tuple[PermissionDecided, ...]:
     """Only a pending question can be decided; the first answer wins; a decision about other
     arguments than the question's (a digest mismatch) decides nothing."""
@@ -38,6 +45,6 @@ def decide(state: RunState, cmd: DecidePermission) -> tuple[PermissionDecided, .
             requester=cmd.requester,
             decided_via=cmd.decided_via,
             digest=state.question_digests.get(cmd.question_id, ""),
-            scope=cmd.scope if cmd.decision == "allow" else "once",
+            scope=_scope(state, cmd),
         ),
     )
