@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from app.agent.approval import visible
 from app.tui import views
 from app.tui.client import ApiError, BmoClient, ChatDelta, ChatDone, ChatEvent, ChatStarted
 from app.tui.commands import HELP, Command, Prompt, Unknown, parse_input
@@ -283,7 +284,7 @@ class Controller:
     def _on_run_event(self, event: Mapping[str, Any]) -> None:
         data = event.get("data") or {}
         if event.get("type") == "PermissionAsked":
-            args = views.clip(str(data.get("arguments", "")), 70)
+            args = views.clip(visible(str(data.get("arguments", ""))), 70)  # "…" marks the cut
             self._stream_note(
                 f"⏸ permission needed: {data.get('tool')} {args} — answer with /questions", "warn"
             )
