@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -223,3 +224,34 @@ def test_allow_session_lets_the_same_tool_run_in_that_session_only(
     )
     other.finish()
     assert not (workspace / "three.txt").exists()
+
+
+def test_a_question_whose_run_ends_is_recorded_as_run_ended(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI, workspace: Path
+) -> None:
+    port = free_port()
+    server = make_server(config_text=config(upstream, port), port=port)
+    upstream.script(ToolCalls([("a", "bash", '{"command": "touch gone.txt"}')]), Text("never"))
+    body = {
+        "model": "up/fake-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "touch gone.txt"}],
+    }
+    with httpx.stream(
+        "POST", server.base_url + "/v1/chat/completions", json=body, headers=server.headers, timeout=60
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        seen = ""
+        for line in response.iter_lines():
+            seen += line
+            if "Review and allow" in seen:
+                break  # the client leaves while the question waits
+    deadline = time.monotonic() + 30
+    decided: list[dict[str, Any]] = []
+    while not decided and time.monotonic() < deadline:
+        with httpx.Client(base_url=server.base_url, headers=server.headers) as h:
+            events = h.get(f"/v1/openai-compat/runs/{request_id}/events").json()["data"]
+        decided = [e["data"] for e in events if e["type"] == "PermissionDecided"]
+        time.sleep(0.1)
+    assert decided and decided[0]["decided_via"] == "run_ended" and decided[0]["decision"] == "deny"
+    assert not (workspace / "gone.txt").exists()
