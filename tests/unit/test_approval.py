@@ -69,3 +69,39 @@ def test_links_need_a_public_url() -> None:
     assert ReviewLinks("", SECRET).for_question("q", "d", NOW) is None
     review, deny = ReviewLinks("http://h:1/", SECRET).for_question("q", "d", NOW) or ("", "")
     assert review.startswith("http://h:1/review/q?token=") and deny == review + "&action=deny"
+
+
+def test_events_recorded_before_digests_replay_with_defaults() -> None:
+    """The store rebuilds events from their stored fields only: new fields must have defaults."""
+    from uuid import uuid4
+
+    from app.agent.question_block import QuestionView
+    from app.events.run import PermissionAsked, PermissionDecided, RunState, evolve
+    from app.projections import permissions
+    from app.projections.runs import event_data
+
+    def stored(cls: type, version: int, **fields: object) -> object:
+        event = object.__new__(cls)
+        base = {"originator_id": run, "originator_version": version, "timestamp": NOW}
+        object.__setattr__(event, "__dict__", {**base, **fields})
+        return event
+
+    run = uuid4()
+    asked = stored(
+        PermissionAsked,
+        2,
+        question_id="q",
+        tool="bash",
+        call_id="c",
+        arguments='{"command":"ls"}',
+        expires_at=NOW.isoformat(),
+    )
+    decided = stored(
+        PermissionDecided, 3, question_id="q", decision="allow", decided_by="operator", requester=""
+    )
+    state = evolve(evolve(RunState(run_id=run, version=1, fired=True), asked), decided)  # type: ignore[arg-type]
+    assert state.decided_questions == {"q"} and state.question_digests == {"q": ""}
+    assert event_data(decided)["decided_via"] == "" and event_data(decided)["scope"] == "once"  # type: ignore[arg-type]
+    assert permissions.project(asked, 1) and permissions.project(decided, 2)  # type: ignore[arg-type]
+    view = QuestionView(None, 120)
+    assert "`bash`" in view.block(asked, NOW) and "Allowed by the operator." in view.decided(decided)  # type: ignore[arg-type]
