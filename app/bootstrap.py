@@ -18,6 +18,8 @@ from eventsourcing.domain import DomainEvent
 from app.agent.drain import Drain
 from app.agent.lifecycle import RouteDefaults
 from app.agent.permissions import PermissionGate
+from app.agent.question_block import QuestionView
+from app.agent.review_links import ReviewLinks, load_review_secret
 from app.agent.sessions import SessionService
 from app.agent.tools.registry import ToolRegistry, all_builtin_tools
 from app.agent.turns import TurnPolicy, TurnRunner
@@ -225,8 +227,15 @@ def build_asgi(
         show_tool_activity=compat.show_tool_activity,
     )
     gate = PermissionGate(runtime.executor, runtime.store, timeout_s=compat.permission_timeout_s)
+    links = ReviewLinks(compat.public_url, load_review_secret(data_dir, compat.review_secret))
     turns = TurnRunner(
-        runtime.executor, runtime.tools, workspace, policy, gate, tracing=runtime.records.tracing
+        runtime.executor,
+        runtime.tools,
+        workspace,
+        policy,
+        gate,
+        tracing=runtime.records.tracing,
+        questions=QuestionView(links, compat.permission_timeout_s),
     )
     defaults = RouteDefaults(
         tool_policy=compat.tool_policy,

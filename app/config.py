@@ -80,6 +80,8 @@ class OpenAICompat(_Config):
     max_steps: Annotated[int, msgspec.Meta(ge=1)] = 25
     task_header: str | None = None
     router_model: str | None = None  # model id for the model-based ambiguity classifier
+    public_url: str = ""  # base URL a user's browser reaches bmo at: review links in question blocks
+    review_secret: str | None = None  # HMAC key for review links (default: a file under the data dir)
 
 
 class Otel(_Config):
@@ -498,6 +500,16 @@ def _blame(layers: Sequence[tuple[Path, dict[str, Any]]], keys: tuple[str, ...])
 
 
 def _check_semantics(settings: Settings) -> None:
+    public_url = settings.options.openai_compat.public_url
+    if public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", public_url):
+        keys = ("options", "openai_compat", "public_url")
+        raise _Problem(
+            keys, f"{_dotted(keys)} must be an http(s) URL without query, e.g. http://localhost:9000"
+        )
+    secret = settings.options.openai_compat.review_secret
+    if secret is not None and len(secret) < 16:
+        keys = ("options", "openai_compat", "review_secret")
+        raise _Problem(keys, f"{_dotted(keys)} must be at least 16 characters")
     for name, server in settings.mcp.items():
         if not server.enabled:
             continue

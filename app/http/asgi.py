@@ -20,7 +20,7 @@ from app.commands.execute import Executor
 from app.errors import Unauthorized
 from app.http.errors import envelope_bytes, outcome_for_status
 from app.http.identity import TrustedProxies, identify
-from app.http.routes import UNPROTECTED_PATHS, route_name
+from app.http.routes import is_unprotected, route_name
 from app.http.stall import StallWatch
 from app.telemetry import Records
 
@@ -99,7 +99,7 @@ class BmoAsgi:
         send = _tagging_send(send, request_id, status)
         if self._stalls is not None:
             send = self._stalls.watch(send, lifecycle)
-        if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(headers.get(b"authorization")):
+        if not is_unprotected(scope["path"]) and not self._tokens.allows(headers.get(b"authorization")):
             if lifecycle is None:  # /schema, /healthz/..: a wrong token is recorded all the same
                 lifecycle = scope["bmo"] = self._lifecycle(request_id, "unmatched", headers, scope)
             await self._refuse(send, lifecycle)

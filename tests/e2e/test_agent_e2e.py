@@ -272,8 +272,13 @@ def test_an_unanswered_question_is_denied_after_the_timeout(
             "decision": "deny",
             "decided_by": "timeout",
             "requester": "",
+            "decided_via": "timeout",
+            "digest": decided[0]["digest"],
+            "scope": "once",
         }
     ]
+    asked = next(e["data"] for e in events if e["type"] == "PermissionAsked")
+    assert decided[0]["digest"] == asked["digest"] and len(asked["digest"]) == 64
     assert run["outcome"] == "final_answer"
 
 

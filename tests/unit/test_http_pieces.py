@@ -30,6 +30,7 @@ def test_route_names() -> None:
     assert route_name("/v1/openai-compat/runs") == "runs_list"
     assert route_name("/v1/openai-compat/runs/abc/events") == "run_events_list"
     assert route_name("/v1/permissions/x") == "permissions"
+    assert route_name("/review/abc") == "permission_review"
     assert route_name("/healthz") is None and route_name("/schema/openapi.json") is None
     assert route_name("/v1//models") == "models_list"  # served by the router, so named alike
     assert route_name("/v1/nope") == "unmatched"
