@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import msgspec
 
 from app.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
 from app.agent.tools.bash import Bash
@@ -36,7 +38,8 @@ def all_builtin_tools() -> list[Tool]:
 class ToolRegistry:
     """Tools by name; `execute` turns every tool failure into an error result."""
 
-    def __init__(self, tools: Iterable[Tool]) -> None:
+    def __init__(self, tools: Iterable[Tool], redact: Callable[[str], str] | None = None) -> None:
+        """`redact` removes known secrets from every result before anyone sees it."""
         by_name: dict[str, Tool] = {}
         for tool in tools:
             name = tool.schema.name
@@ -44,6 +47,7 @@ class ToolRegistry:
                 raise ValueError(f"duplicate tool name {name!r}")
             by_name[name] = tool
         self._tools = by_name
+        self._redact = redact
 
     def schemas(self) -> tuple[ToolSchema, ...]:
         return tuple(tool.schema for tool in self._tools.values())
@@ -53,7 +57,7 @@ class ToolRegistry:
 
     def read_only(self) -> ToolRegistry:
         """The same registry without mutating tools (research mode)."""
-        return ToolRegistry(t for t in self._tools.values() if not t.mutating)
+        return ToolRegistry((t for t in self._tools.values() if not t.mutating), self._redact)
 
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
@@ -65,6 +69,14 @@ class ToolRegistry:
         return len(self._tools)
 
     async def execute(self, call: ToolCall, ctx: ToolContext) -> ToolResult:
+        """Run one call; the result is redacted here, the one path every tool result takes
+        on its way to the event store, the client stream and the model."""
+        result = await self._execute(call, ctx)
+        if self._redact is None:
+            return result
+        return msgspec.structs.replace(result, content=self._redact(result.content))
+
+    async def _execute(self, call: ToolCall, ctx: ToolContext) -> ToolResult:
         tool = self._tools.get(call.name)
         if tool is None:
             known = ", ".join(self._tools) or "none"
