@@ -6,6 +6,7 @@ to workers through these variables (workers inherit the parent environment).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,12 +16,24 @@ from app.http.asgi import BmoAsgi
 from app.http.identity import TrustedProxies
 from app.net import parse_addr
 
-__all__ = ["ENV_ADDR", "ENV_CONFIG", "ENV_CWD", "ENV_PROJECTOR", "ENV_PROXIES", "ENV_TOKEN", "asgi"]
+__all__ = [
+    "ENV_ADDR",
+    "ENV_CONFIG",
+    "ENV_CWD",
+    "ENV_PROJECTOR",
+    "ENV_PROXIES",
+    "ENV_TOKEN",
+    "ENV_TOKEN_DIGEST",
+    "asgi",
+]
 
 ENV_CONFIG = "BMO_SERVE_CONFIG"
 ENV_ADDR = "BMO_SERVE_ADDR"
 ENV_CWD = "BMO_SERVE_CWD"
 ENV_TOKEN = "BMO_AUTH_TOKEN"
+# What workers get instead of the token: its SHA-256 (hex). The plaintext never enters
+# a serving process's environment, so no tool can print it from there.
+ENV_TOKEN_DIGEST = "BMO_AUTH_TOKEN_SHA256"
 ENV_PROXIES = "BMO_REQUESTER_TRUSTED_PROXIES"
 ENV_PROJECTOR = "BMO_PROJECTOR"  # "external": `bmo serve` runs the projector process
 
@@ -31,13 +44,15 @@ def asgi() -> BmoAsgi:
     cwd = Path(env.get(ENV_CWD) or os.getcwd())
     settings = load_settings(cwd=cwd, env=env, extra=Path(extra) if extra else None)
     host, port = parse_addr(env.get(ENV_ADDR) or settings.options.http_server.addr)
-    token = env.get(ENV_TOKEN) or settings.options.http_server.auth_token or None
+    digest = env.get(ENV_TOKEN_DIGEST) or None
+    if digest is None and settings.options.http_server.auth_token:
+        digest = hashlib.sha256(settings.options.http_server.auth_token.encode()).hexdigest()
     from importlib.metadata import version
 
     return build_asgi(
         settings,
         data_dir=data_dir(env),
-        bind=Bind(host=host, port=port, token=token),
+        bind=Bind(host=host, port=port, token_digest=digest),
         version=version("bmo"),
         proxies=TrustedProxies.parse(env.get(ENV_PROXIES)),
         env=env,

@@ -39,6 +39,7 @@ __all__ = [
     "launcher_argv",
     "reap_orphans",
     "start_time",
+    "tool_groups_dir",
 ]
 
 MARKER_VAR = "BMO_TOOL_GROUP"
@@ -50,6 +51,11 @@ _LAUNCHER = (
     "if os.getppid()==1:os._exit(1)\n"
     "os.execvp(sys.argv[1],sys.argv[1:])\n"
 )
+
+
+def tool_groups_dir(data_dir: Path) -> Path:
+    """Where a server keeps the records of its running tool process groups."""
+    return data_dir / "tool-groups"
 
 
 def _prctl() -> Callable[..., int] | None:

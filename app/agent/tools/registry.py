@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -12,8 +13,10 @@ import msgspec
 from app.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
 from app.agent.tools.bash import Bash
 from app.agent.tools.edit_file import EditFile
+from app.agent.tools.environment import KUBECTL_NAMES, tool_environment
 from app.agent.tools.kubectl import Kubectl
 from app.agent.tools.list_dir import ListDir
+from app.agent.tools.process_guard import GroupRecords
 from app.agent.tools.read_file import ReadFile
 from app.agent.tools.search import Search
 from app.agent.tools.web_fetch import WebFetch
@@ -30,9 +33,30 @@ def builtin_tools() -> list[Tool]:
     return [ReadFile(), ListDir(), Search()]
 
 
-def all_builtin_tools() -> list[Tool]:
-    """Fresh instances of every built-in tool, read-only and mutating, with defaults."""
-    return [*builtin_tools(), WriteFile(), EditFile(), Bash(), WebFetch(), Kubectl()]
+def all_builtin_tools(
+    env: Mapping[str, str] | None = None,
+    passthrough: Iterable[str] = (),
+    records: GroupRecords | None = None,
+) -> list[Tool]:
+    """Fresh instances of every built-in tool, read-only and mutating.
+
+    Processes the tools start get the scrubbed base of `env` (default: this process's)
+    plus the `passthrough` names, and are recorded in `records` for the orphan sweep.
+    """
+    source = env if env is not None else os.environ
+    names = tuple(passthrough)
+    base = tool_environment(source, names)
+    kube = tool_environment(source, names, extra_names=KUBECTL_NAMES)
+    return [
+        ReadFile(),
+        ListDir(),
+        Search(env=base, records=records),
+        WriteFile(),
+        EditFile(),
+        Bash(env=base, records=records),
+        WebFetch(),
+        Kubectl(env=kube, records=records),
+    ]
 
 
 class ToolRegistry:
