@@ -10,6 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from app.agent.tools.process_guard import die_with_parent_now
 from app.bootstrap import Bind, build_asgi
 from app.config import data_dir, load_settings
 from app.http.asgi import BmoAsgi
@@ -39,6 +40,7 @@ ENV_PROJECTOR = "BMO_PROJECTOR"  # "external": `bmo serve` runs the projector pr
 
 
 def asgi() -> BmoAsgi:
+    die_with_parent_now()  # a worker (and so its tools) never outlives `bmo serve`
     env = os.environ
     extra = env.get(ENV_CONFIG)
     cwd = Path(env.get(ENV_CWD) or os.getcwd())

@@ -36,6 +36,7 @@ __all__ = [
     "GroupRecords",
     "Reaped",
     "die_with_parent",
+    "die_with_parent_now",
     "launcher_argv",
     "reap_orphans",
     "start_time",
@@ -48,7 +49,6 @@ _PR_SET_PDEATHSIG = 1
 _LAUNCHER = (
     "import ctypes,os,signal,sys\n"
     "ctypes.CDLL(None,use_errno=True).prctl(1,int(signal.SIGKILL),0,0,0)\n"
-    "if os.getppid()==1:os._exit(1)\n"
     "os.execvp(sys.argv[1],sys.argv[1:])\n"
 )
 
@@ -83,6 +83,18 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def die_with_parent_now() -> None:
+    """Arm SIGKILL as this process's own parent-death signal (granian workers: they would
+    otherwise outlive a `kill -9` of `bmo serve`, and so would every tool they started)."""
+    prctl = _prctl()
+    if prctl is None:
+        return
+    parent = os.getppid()
+    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died while the signal was being armed
+        os._exit(1)
 
 
 def launcher_argv(command: str, args: list[str]) -> tuple[str, list[str]]:
