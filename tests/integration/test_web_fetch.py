@@ -146,6 +146,14 @@ def test_big_body_is_truncated(ctx: ToolContext) -> None:
     assert result.content.split("\n\n", 1)[1] == "x" * 100_000
 
 
+def test_text_reaching_the_model_is_capped(ctx: ToolContext) -> None:
+    result = fetch("/big", ctx)  # 3 MiB body: 2 MiB read, 100,000 characters shown
+    assert result.ok
+    assert "[truncated: only the first 2097152 bytes were read]" in result.content
+    assert "[truncated: showing the first 100000 of 2097152 characters of text]" in result.content
+    assert len(result.content) < 100_500
+
+
 def test_redirects_are_followed(ctx: ToolContext) -> None:
     result = fetch("/redirect?to=/plain", ctx)
     assert result.ok

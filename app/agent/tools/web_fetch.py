@@ -68,8 +68,14 @@ class WebFetch:
     mutating: bool = False
 
     def __init__(
-        self, max_bytes: int = 2 * 1024 * 1024, timeout_s: float = 20, allow_private: bool = False
+        self,
+        max_bytes: int = 2 * 1024 * 1024,
+        timeout_s: float = 20,
+        allow_private: bool = False,
+        max_chars: int = 100_000,
     ) -> None:
+        """`max_bytes` of body are read; at most `max_chars` of text reach the model."""
+        self._max_chars = max_chars
         self._max_bytes = max_bytes
         self._timeout_s = timeout_s
         self._allow_private = allow_private
@@ -87,7 +93,8 @@ class WebFetch:
             )
         except aiohttp.ClientError as exc:
             raise ToolError(_describe_client_error(url, exc)) from None
-        return _render(page)
+        # Converting up to max_bytes of HTML is CPU work: off the event loop.
+        return await asyncio.to_thread(_render, page, self._max_chars)
 
     async def _fetch(self, url: str) -> _Page:
         resolver = None if self._allow_private else _PublicOnlyResolver()
@@ -256,7 +263,7 @@ async def _read_capped(stream: aiohttp.StreamReader, max_bytes: int) -> tuple[by
     return b"".join(chunks), False
 
 
-def _render(page: _Page) -> ToolResult:
+def _render(page: _Page, max_chars: int) -> ToolResult:
     kind = _kind(page.content_type)
     if not 200 <= page.status < 300:
         excerpt = _to_text(page, kind)[:_ERROR_BODY_CHARS] if kind else ""
@@ -270,7 +277,11 @@ def _render(page: _Page) -> ToolResult:
     lines = [f"URL: {page.url}", f"Content-Type: {page.content_type}"]
     if page.truncated:
         lines.append(f"[truncated: only the first {len(page.body)} bytes were read]")
-    return ToolResult(ok=True, content="\n".join(lines) + "\n\n" + _to_text(page, kind))
+    text = _to_text(page, kind)
+    if len(text) > max_chars:
+        lines.append(f"[truncated: showing the first {max_chars} of {len(text)} characters of text]")
+        text = text[:max_chars]
+    return ToolResult(ok=True, content="\n".join(lines) + "\n\n" + text)
 
 
 def _kind(content_type: str) -> str | None:
