@@ -20,6 +20,7 @@ from app.cli.worker import (
     ENV_PROXIES,
     ENV_TOKEN,
     ENV_TOKEN_DIGEST,
+    settings_env,
 )
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
@@ -97,7 +98,7 @@ def serve(
     env = dict(os.environ)
     cwd = Path.cwd()
     try:
-        settings = load_settings(cwd=cwd, env=env, extra=config)
+        settings = load_settings(cwd=cwd, env=settings_env(env), extra=config)
         bind = decide_bind(settings, addr=addr, token=auth_token, allow_no_auth=allow_no_auth, env=env)
         TrustedProxies.parse(env.get(ENV_PROXIES))  # refuse to start on a bad entry
     except (ConfigError, ValueError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from app.agent.tools.process_guard import die_with_parent_now
@@ -26,6 +27,7 @@ __all__ = [
     "ENV_TOKEN",
     "ENV_TOKEN_DIGEST",
     "asgi",
+    "settings_env",
 ]
 
 ENV_CONFIG = "BMO_SERVE_CONFIG"
@@ -39,12 +41,24 @@ ENV_PROXIES = "BMO_REQUESTER_TRUSTED_PROXIES"
 ENV_PROJECTOR = "BMO_PROJECTOR"  # "external": `bmo serve` runs the projector process
 
 
+def settings_env(env: Mapping[str, str]) -> Mapping[str, str]:
+    """The environment config files are interpolated with.
+
+    Once `bmo serve` has handed the token over as its digest, BMO_AUTH_TOKEN is gone;
+    a config that says `auth_token = "${BMO_AUTH_TOKEN}"` must still load, and the
+    digest decides (an empty `auth_token` counts as none).
+    """
+    if ENV_TOKEN not in env and env.get(ENV_TOKEN_DIGEST):
+        return {**env, ENV_TOKEN: ""}
+    return env
+
+
 def asgi() -> BmoAsgi:
     die_with_parent_now()  # a worker (and so its tools) never outlives `bmo serve`
     env = os.environ
     extra = env.get(ENV_CONFIG)
     cwd = Path(env.get(ENV_CWD) or os.getcwd())
-    settings = load_settings(cwd=cwd, env=env, extra=Path(extra) if extra else None)
+    settings = load_settings(cwd=cwd, env=settings_env(env), extra=Path(extra) if extra else None)
     host, port = parse_addr(env.get(ENV_ADDR) or settings.options.http_server.addr)
     digest = env.get(ENV_TOKEN_DIGEST) or None
     if digest is None and settings.options.http_server.auth_token:

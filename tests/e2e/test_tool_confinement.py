@@ -142,8 +142,20 @@ def test_no_tool_kind_sees_a_secret(
 
 def test_serving_processes_hold_no_plaintext_token(tmp_path: Path, workspace: Path) -> None:
     """/proc/<pid>/environ and cmdline of `bmo serve` and its workers: digest only."""
-    for cls, env in ((BmoServer, {}), (EnvTokenServer, {"BMO_AUTH_TOKEN": TOKEN})):
-        server = cls(workspace=workspace, data_dir=tmp_path / "data", token=TOKEN, extra_env=env).start()
+    interpolated = '[options.http_server]\nauth_token = "${BMO_AUTH_TOKEN}"\n'
+    cases = (
+        (BmoServer, {}, None),
+        (EnvTokenServer, {"BMO_AUTH_TOKEN": TOKEN}, None),
+        (EnvTokenServer, {"BMO_AUTH_TOKEN": TOKEN}, interpolated),  # the documented config form
+    )
+    for cls, env, config_text in cases:
+        server = cls(
+            workspace=workspace,
+            data_dir=tmp_path / "data",
+            token=TOKEN,
+            extra_env=env,
+            config_text=config_text,
+        ).start()
         try:
             assert server.proc is not None
             pids = [server.proc.pid, *_children(server.proc.pid)]
