@@ -57,12 +57,12 @@ class EnvTokenServer(BmoServer):
         return [part for part in super().command() if part not in ("--auth-token", self.token)]
 
 
-def ask(server: BmoServer, text: str, timeout: float = 120) -> tuple[str, str]:
-    """(answer text, request id) of one non-streaming chat completion."""
+def ask(server: BmoServer, text: str, timeout: float = 120, stream: bool = False) -> tuple[str, str]:
+    """(raw response body, request id) of one chat completion (SSE text when streamed)."""
     response = httpx.post(
         f"{server.base_url}/v1/chat/completions",
         headers=server.headers,
-        json={"model": "up/fake-model", "messages": [{"role": "user", "content": text}]},
+        json={"model": "up/fake-model", "messages": [{"role": "user", "content": text}], "stream": stream},
         timeout=timeout,
     )
     assert response.status_code == 200, response.text
@@ -101,9 +101,9 @@ SECRET_PROBES = [
 ]
 
 
-@pytest.mark.parametrize("token_via", ["flag", "env"])
+@pytest.mark.parametrize(("token_via", "stream"), [("flag", False), ("env", True)])
 def test_no_tool_kind_sees_a_secret(
-    tmp_path: Path, workspace: Path, upstream: FakeOpenAI, token_via: str
+    tmp_path: Path, workspace: Path, upstream: FakeOpenAI, token_via: str, stream: bool
 ) -> None:
     cls = BmoServer if token_via == "flag" else EnvTokenServer
     extra_env = {"UP_API_KEY": PROVIDER_KEY, "SERVER_SIDE_SECRET_TOKEN": SERVER_SECRET}
@@ -119,7 +119,8 @@ def test_no_tool_kind_sees_a_secret(
     try:
         calls = [(f"c{i}", name, json.dumps(args)) for i, (name, args) in enumerate(SECRET_PROBES)]
         upstream.script(ToolCalls(calls), Text("done"))
-        answer, request_id = ask(server, "show me your environment")
+        answer, request_id = ask(server, "show me your environment", stream=stream)
+        assert "[redacted]" in answer  # the probes did find secrets, and the client saw them redacted
         events = events_text(server, request_id)
         results = tool_results(upstream)
         assert len(results) == len(SECRET_PROBES)
