@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from app.agent.tools.process_guard import die_with_parent_now
+from app.agent.tools.process_guard import die_with_parent_now, start_watchdog, tool_groups_dir
 from app.bootstrap import Bind, build_asgi
 from app.config import data_dir, load_settings
 from app.http.asgi import BmoAsgi
@@ -56,6 +56,7 @@ def settings_env(env: Mapping[str, str]) -> Mapping[str, str]:
 def asgi() -> BmoAsgi:
     die_with_parent_now()  # a worker (and so its tools) never outlives `bmo serve`
     env = os.environ
+    start_watchdog(tool_groups_dir(data_dir(env)))  # and its tools' own children neither
     extra = env.get(ENV_CONFIG)
     cwd = Path(env.get(ENV_CWD) or os.getcwd())
     settings = load_settings(cwd=cwd, env=settings_env(env), extra=Path(extra) if extra else None)

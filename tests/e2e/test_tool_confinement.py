@@ -215,26 +215,62 @@ def test_a_catastrophic_pattern_is_stopped_and_the_server_stays_responsive(
 # ------------------------------------------------------------------ orphans
 
 
-def test_kill_9_leaves_no_tool_process_behind(
-    make_server: Callable[..., BmoServer], upstream: FakeOpenAI, tmp_path: Path
-) -> None:
+def _start_sleeping_tool(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI
+) -> tuple[BmoServer, str]:
+    """A server whose bash tool runs two `sleep`s: one in the background (a grandchild the
+    parent-death signal does not reach) and one in the foreground."""
     marker = f"0.000{uuid.uuid4().int % 10**12:012d}"  # sleep adds its arguments up: a unique no-op
     server = make_server(config_text=config(upstream), extra_env={"UP_API_KEY": PROVIDER_KEY})
-    # a grandchild (sleep behind a shell that keeps running) and a direct child alike
     command = f"sleep 300 {marker} & sleep 301 {marker}; echo never"
     upstream.script(ToolCalls([("b1", "bash", json.dumps({"command": command, "timeout_s": 600}))]))
     client = threading.Thread(target=lambda: _quietly(lambda: ask(server, "sleep", timeout=60)), daemon=True)
     client.start()
-    assert _wait_for(lambda: len(_processes_with(marker)) == 3, 30), _processes_with(marker)  # bash, 2 sleeps
+    # bash and both sleeps carry the marker in their command lines
+    assert _wait_for(lambda: len(_processes_with(marker)) == 3, 30), _processes_with(marker)
+    return server, marker
+
+
+def _kill_9(server: BmoServer) -> None:
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
+
+
+def test_kill_9_leaves_no_tool_process_behind(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI
+) -> None:
+    server, marker = _start_sleeping_tool(make_server, upstream)
+    _kill_9(server)
+    assert _wait_for(lambda: not _processes_with(marker), 15), _processes_with(marker)
+    make_server(config_text=config(upstream), extra_env={"UP_API_KEY": PROVIDER_KEY})
+    assert not _processes_with(marker)
+
+
+def test_the_next_start_reaps_what_survived_and_says_so(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Without the watchdog (killed first), the background sleep outlives the server; the
+    next start's sweep kills it and reports it."""
+    server, marker = _start_sleeping_tool(make_server, upstream)
+    watchdogs = [p for p in _processes_with("process_guard.py") if str(tmp_path) in _cmdline(p)]
+    assert watchdogs, "no watchdog process"
+    for pid in watchdogs:
+        os.kill(pid, signal.SIGKILL)
+    _kill_9(server)
+    assert _wait_for(lambda: len(_processes_with(marker)) == 2, 15)  # bash died; the sleeps did not
     again = make_server(config_text=config(upstream), extra_env={"UP_API_KEY": PROVIDER_KEY})
     assert _wait_for(lambda: not _processes_with(marker), 15), _processes_with(marker)
-    # the sweep says what it reaped, on stderr and as a log record
     assert marker in again.stderr() and "tool process(es) left by a server that died" in again.stderr()
     reaped = [r for r in again.records() if r.get("msg") == "tools.orphans_reaped"]
     assert reaped and any(marker in " ".join(r["commands"]) for r in reaped), reaped
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _quietly(fn: Callable[[], object]) -> None:

@@ -1,6 +1,6 @@
 """Tool processes die with the server, even when it is killed with SIGKILL.
 
-Two layers:
+Three layers:
 
 - the parent-death signal: a tool's first process gets SIGKILL from the kernel
   when the thread that started it dies (`prctl(PR_SET_PDEATHSIG)`). asyncio
@@ -8,6 +8,9 @@ Two layers:
   worker process, so the signal fires exactly when the worker dies. It is not
   inherited by the process's own children (`bash -c 'sleep 300; echo'` forks
   `sleep`), hence:
+- a watchdog per worker (`start_watchdog`): a small process whose own
+  parent-death signal is SIGTERM, on which it kills every process carrying one
+  of its worker's group markers (below) at once;
 - a group record under the data directory: one file per running tool process
   group, naming a random marker that every process of the group carries in its
   environment (`BMO_TOOL_GROUP`), the group leader's pid and start time, and the
@@ -26,6 +29,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ __all__ = [
     "launcher_argv",
     "reap_orphans",
     "start_time",
+    "start_watchdog",
     "tool_groups_dir",
 ]
 
@@ -121,7 +126,38 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def _alive(pid: int, started: int | None) -> bool:
-    return started is not None and start_time(pid) == started
+    """The same process (same start time) still running; a zombie is dead."""
+    stat = _stat(pid)
+    return started is not None and stat is not None and int(stat[19]) == started and stat[0] != "Z"
+
+
+def start_watchdog(directory: Path) -> subprocess.Popen[bytes] | None:
+    """A small process that reaps this process's tool groups the moment it dies.
+
+    The parent-death signal reaches only a tool's first process; this watchdog gets
+    SIGTERM as its own parent-death signal and then kills every process still
+    carrying one of our group markers, so `bash -c 'sleep 300 & wait'` dies with the
+    server rather than at the next start. The startup sweep stays as the backstop.
+    """
+    if _prctl() is None:
+        return None
+    # Run by path, standard library only: a few MB, no import of bmo.
+    argv = [sys.executable, "-I", "-S", __file__, str(directory), str(os.getpid())]
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        return None
+
+
+def _watch(directory: Path, owner: int) -> None:
+    """The watchdog's body: wait for the owner's death, then reap its groups."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == owner:  # not orphaned already: wait for the signal
+        signal.sigwait({signal.SIGTERM})
+    reap_orphans(directory, owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +225,9 @@ class Reaped:
     commands: tuple[str, ...]
 
 
-def reap_orphans(directory: Path) -> list[Reaped]:
-    """Kill the tool processes of servers that are gone; remove their records."""
+def reap_orphans(directory: Path, owner: int | None = None) -> list[Reaped]:
+    """Kill the tool processes of servers that are gone (only `owner`'s, if given);
+    remove their records."""
     reaped: list[Reaped] = []
     try:
         paths = sorted(directory.glob("*.json"))
@@ -201,8 +238,8 @@ def reap_orphans(directory: Path) -> list[Reaped]:
         if record is None:
             GroupRecords.remove(path)
             continue
-        if _alive(record.owner_pid, record.owner_start):
-            continue  # its server is still running
+        if (owner is not None and record.owner_pid != owner) or _alive(record.owner_pid, record.owner_start):
+            continue  # another server's, or its server is still running
         killed = _kill_group(record)
         if killed:
             reaped.append(Reaped(record.marker, tuple(killed), tuple(_command(p) for p in killed)))
@@ -254,3 +291,7 @@ def _command(pid: int) -> str:
     except OSError:
         return "?"
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+
+
+if __name__ == "__main__":
+    _watch(Path(sys.argv[1]), int(sys.argv[2]))
