@@ -107,7 +107,9 @@ def launcher_argv(command: str, args: list[str]) -> tuple[str, list[str]]:
     do not control, like the MCP SDK's stdio client)."""
     if _prctl() is None:
         return command, args
-    return sys.executable, ["-c", _LAUNCHER, command, *args]
+    # -I -S: the launcher itself needs only the standard library (the command still gets
+    # the whole environment it was given, PYTHONPATH included).
+    return sys.executable, ["-I", "-S", "-c", _LAUNCHER, command, *args]
 
 
 def start_time(pid: int) -> int | None:
