@@ -97,6 +97,10 @@ SECRET_PROBES = [
         },
     ),
     ("bash", {"command": "cat bmo.toml; ps -eo pid,args"}),
+    ("read_file", {"path": "/proc/self/environ"}),
+    ("search", {"pattern": "TOKEN|KEY", "path": "/proc/self"}),
+    ("kubectl", {"verb": "get", "args": ["pods", "-v=9"]}),
+    ("kubectl", {"verb": "get", "args": ["pods"]}),
     ("mcp__fake__environ", {}),
 ]
 
