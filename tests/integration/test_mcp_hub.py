@@ -64,7 +64,8 @@ def test_tools_listed_named_and_flagged(errlog: TextIO) -> None:
         try:
             assert hub.status() == {"fs": "ready", "off": "disabled"}
             tools = by_name(hub.tools())
-            assert set(tools) == {f"mcp__fs__{n}" for n in ("echo", "add", "write_note", "slow", "pid", "environ")}
+            names = ("echo", "add", "write_note", "slow", "pid", "environ")
+            assert set(tools) == {f"mcp__fs__{n}" for n in names}
             assert {n: t.mutating for n, t in tools.items()} == {
                 "mcp__fs__echo": False,
                 "mcp__fs__add": False,
