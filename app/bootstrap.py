@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from app.agent.permissions import PermissionGate
 from app.agent.question_block import QuestionView
 from app.agent.review_links import ReviewLinks, load_review_secret
 from app.agent.sessions import SessionService
+from app.agent.tools.process_guard import GroupRecords, tool_groups_dir
 from app.agent.tools.registry import ToolRegistry, all_builtin_tools
 from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
@@ -45,6 +47,7 @@ from app.providers.base import ChatProvider
 from app.providers.catalog import ModelCatalog
 from app.providers.local import LocalProvider
 from app.providers.openai import OpenAIProvider
+from app.redaction import Redactor, server_secrets
 from app.telemetry import Records, log_path
 from app.tracing import build_tracing
 
@@ -55,7 +58,7 @@ __all__ = ["Bind", "Runtime", "build_asgi", "is_loopback_host", "parse_addr"]
 class Bind:
     host: str
     port: int
-    token: str | None
+    token_digest: str | None  # SHA-256 hex of the bearer token; the plaintext is never needed here
 
     @property
     def addr(self) -> str:
@@ -63,7 +66,7 @@ class Bind:
         return f"{host}:{self.port}"
 
     def posture(self) -> BindPosture:
-        return BindPosture(addr=self.addr, loopback=is_loopback_host(self.host), auth=bool(self.token))
+        return BindPosture(addr=self.addr, loopback=is_loopback_host(self.host), auth=bool(self.token_digest))
 
 
 @dataclass
@@ -117,7 +120,12 @@ class Runtime:
         """Built-in tools plus every ready MCP tool (built once MCP servers are up)."""
         if self._tools is None:
             mcp_tools = self.mcp.tools() if self.mcp is not None else []
-            self._tools = ToolRegistry([*all_builtin_tools(), *mcp_tools])
+            builtin = all_builtin_tools(
+                passthrough=self.settings.options.tool_env_passthrough,
+                records=GroupRecords(tool_groups_dir(self.data_dir)),
+            )
+            redact = Redactor(server_secrets(self.settings, os.environ))
+            self._tools = ToolRegistry([*builtin, *mcp_tools], redact)
         return self._tools
 
     async def settle(self, timeout: float = 2.0) -> None:
@@ -216,7 +224,11 @@ def build_asgi(
     if settings.mcp:
         from app.agent.mcp import McpHub
 
-        runtime.mcp = McpHub(settings.mcp)
+        runtime.mcp = McpHub(
+            settings.mcp,
+            passthrough=settings.options.tool_env_passthrough,
+            records=GroupRecords(tool_groups_dir(data_dir)),
+        )
     compat = settings.options.openai_compat
     catalog = ModelCatalog(providers, compat.models)
     workspace = Path(settings.options.workspace).expanduser()
@@ -270,7 +282,7 @@ def build_asgi(
     inner = create_litestar(deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version)
     return BmoAsgi(
         inner,
-        tokens=TokenCheck(bind.token),
+        tokens=TokenCheck.from_digest(bind.token_digest),
         executor=runtime.executor,
         records=runtime.records,
         defaults=defaults,

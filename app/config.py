@@ -98,9 +98,15 @@ class Store(_Config):
     url: str = ""  # empty = SQLite under the data dir
 
 
+_EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class Options(_Config):
     model: str = "bmo/local"
     workspace: str = "."
+    # environment variables tool processes (bash, kubectl, stdio MCP servers) get on top of
+    # a small base (PATH, HOME, LANG, LC_*, TMPDIR, TERM, USER, SHELL, ...)
+    tool_env_passthrough: tuple[_EnvName, ...] = ()
     http_server: HttpServer = msgspec.field(default_factory=HttpServer)
     openai_compat: OpenAICompat = msgspec.field(default_factory=OpenAICompat)
     telemetry: Telemetry = msgspec.field(default_factory=Telemetry)

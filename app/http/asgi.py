@@ -48,6 +48,13 @@ class TokenCheck:
     def __init__(self, token: str | None) -> None:
         self._digest = hashlib.sha256(token.encode()).digest() if token else None
 
+    @classmethod
+    def from_digest(cls, hex_digest: str | None) -> TokenCheck:
+        """The check from the token's SHA-256 alone (how `bmo serve` hands it to workers)."""
+        check = cls(None)
+        check._digest = bytes.fromhex(hex_digest) if hex_digest else None
+        return check
+
     @property
     def required(self) -> bool:
         return self._digest is not None

@@ -393,6 +393,7 @@ def test_a_cancelled_stream_kills_the_tool_process(
 def mcp_config(upstream: FakeOpenAI) -> str:
     return config(upstream) + (
         '\n[mcp.fake]\ntype = "stdio"\ncommand = "python"\nargs = ["-m", "tests.fakes.mcp_server"]\n'
+        'env = { PYTHONPATH = "${PYTHONPATH}" }\n'
         'timeout = 10\ndisabled_tools = ["slow"]\n'
     )
 
