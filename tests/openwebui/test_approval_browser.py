@@ -77,6 +77,21 @@ def the_run(stack: Stack, chat_url: str) -> tuple[dict[str, Any], list[dict[str,
     return rows[0], stack.run_events(rows[0]["request_id"])
 
 
+def stored_answer(stack: Stack, chat_url: str) -> str:
+    """The assistant message as Open WebUI stored it, once it is done."""
+    chat_id = chat_url.rstrip("/").rsplit("/c/", 1)[1]
+
+    def finished(chat: dict[str, Any], _message: dict[str, Any]) -> bool:
+        history = chat["chat"]["history"]
+        return bool(history["messages"].get(history.get("currentId"), {}).get("done"))
+
+    chat = stack.webui.wait_chat(chat_id, "", finished)
+    history = chat["chat"]["history"]
+    message = history["messages"][history["currentId"]]
+    assert message["role"] == "assistant" and message.get("done"), message
+    return str(message["content"])
+
+
 def decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e["data"] for e in events if e["type"] == "PermissionDecided"]
 
@@ -113,7 +128,7 @@ def test_allow_once_from_the_review_link_runs_the_command_and_the_answer_shows_i
         "allow",
         command,
         expect="Allowed by",
-        expect_after=["bmo-42"],
+        expect_after=["bmo-42", "exit code 0"],
         screenshots=shots,
     )
     review, _deny = assert_question_rendered(approval_stack, result["question"], command)
@@ -126,6 +141,8 @@ def test_allow_once_from_the_review_link_runs_the_command_and_the_answer_shows_i
     answer = result["answer"]["text"]
     assert "✅ Allowed by" in answer and "(link)" in answer
     assert answer.index("Allowed by") < answer.index("bmo-42")
+    stored = stored_answer(approval_stack, result["url"])
+    assert "Permission needed: `bash`" in stored and "✅ Allowed by" in stored and "bmo-42" in stored
     row, events = the_run(approval_stack, result["url"])
     assert row["outcome"] == "final_answer"
     [decided] = decisions(events)
@@ -140,7 +157,9 @@ def test_deny_from_the_deny_link_shows_the_denial_and_runs_nothing(
     approval_stack: Stack, tmp_path: Path
 ) -> None:
     command = "echo bmo-$((50+5))"
-    result = approve_in_browser(approval_stack, tmp_path, "deny", command, expect="Denied by")
+    result = approve_in_browser(
+        approval_stack, tmp_path, "deny", command, expect="Denied by", expect_after=["it needs approval."]
+    )
     _review, deny = assert_question_rendered(approval_stack, result["question"], command)
     assert result["review_url"] == deny
     assert result["review_focused"] == "Deny"  # the Deny link pre-selects Deny
@@ -148,6 +167,8 @@ def test_deny_from_the_deny_link_shows_the_denial_and_runs_nothing(
     answer = result["answer"]["text"]
     assert "⛔ Denied by" in answer and "(link)" in answer
     assert "bmo-55" not in answer  # the command never ran
+    stored = stored_answer(approval_stack, result["url"])
+    assert "⛔ Denied by" in stored and "it needs approval" in stored and "bmo-55" not in stored
     row, events = the_run(approval_stack, result["url"])
     assert row["outcome"] is not None
     [decided] = decisions(events)
@@ -158,11 +179,15 @@ def test_deny_from_the_deny_link_shows_the_denial_and_runs_nothing(
 def test_unanswered_question_times_out_and_the_chat_says_so(approval_stack: Stack, tmp_path: Path) -> None:
     command = "echo bmo-$((60+6))"
     timed_out = f"Denied: timed out after {APPROVAL_TIMEOUT_S} s."
-    result = approve_in_browser(approval_stack, tmp_path, "timeout", command, expect=timed_out)
+    result = approve_in_browser(
+        approval_stack, tmp_path, "timeout", command, expect=timed_out, expect_after=["it needs approval."]
+    )
     assert_question_rendered(approval_stack, result["question"], command)
     answer = result["answer"]["text"]
     assert f"⛔ {timed_out}" in answer
     assert "bmo-66" not in answer
+    stored = stored_answer(approval_stack, result["url"])
+    assert f"⛔ {timed_out}" in stored and "no operator answered in time" in stored and "bmo-66" not in stored
     row, events = the_run(approval_stack, result["url"])
     assert row["outcome"] is not None
     [decided] = decisions(events)
