@@ -156,12 +156,13 @@ def test_allow_once_from_the_review_link_runs_the_command_and_the_answer_shows_i
 def test_deny_from_the_deny_link_shows_the_denial_and_runs_nothing(
     approval_stack: Stack, tmp_path: Path
 ) -> None:
-    command = "echo bmo-$((50+5))"
+    # A long command (about 1,200 characters on one line): shown complete in the chat and on the page.
+    command = "echo bmo-$((50+5)) # " + " ".join(f"w{i:03d}" for i in range(240))
     result = approve_in_browser(
         approval_stack, tmp_path, "deny", command, expect="Denied by", expect_after=["it needs approval."]
     )
     _review, deny = assert_question_rendered(approval_stack, result["question"], command)
-    assert result["review_url"] == deny
+    assert result["review_url"] == deny and command in result["review_text"]
     assert result["review_focused"] == "Deny"  # the Deny link pre-selects Deny
     assert "Denied." in result["review_after"]
     answer = result["answer"]["text"]
