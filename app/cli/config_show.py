@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from cyclopts import Parameter
 
 from app.cli.ledger import open_ledger
-from app.config import ConfigError, Settings, data_dir, load_settings
+from app.config import ConfigError, Settings, data_dir, load_settings, served_models
 from app.net import is_loopback_host, parse_addr
 from app.projections import counts, runs
 
@@ -34,7 +34,7 @@ LOOPBACK_WARNING = (
 
 def advertised_models(settings: Settings) -> list[str]:
     """The ids GET /v1/models returns (same rule as the server's catalog)."""
-    known = ["bmo/local"] + [f"{name}/{m}" for name, p in settings.providers.items() for m in p.models]
+    known = served_models(settings)
     wanted = settings.options.openai_compat.models
     return [m for m in wanted if m in known] if wanted else known
 
