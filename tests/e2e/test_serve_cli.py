@@ -219,7 +219,7 @@ def test_a_host_name_is_resolved_and_judged_on_the_address(tmp_path: Path, works
         assert ready, f"bmo serve --addr localhost:{port} did not serve"
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200
     finally:
-        code, err = _finish(proc, timeout=0.1)
+        _, err = _finish(proc, timeout=0.1)
     assert "Traceback" not in err
     bad = run_bmo(["serve", "--addr", "no-such-host.invalid:9", "--allow-no-auth"], tmp_path)
     assert bad.returncode == 2 and "no-such-host.invalid" in bad.stderr and "Traceback" not in bad.stderr
