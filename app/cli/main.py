@@ -32,7 +32,11 @@ def build_cli() -> App:
     app.command(tui_command, name="tui")
     config_app = App(name="config", help="Resolved configuration and ledger, no server needed.")
     config_app.command(config_show.show_openai_compat, name="show-openai-compat")
-    config_app.command(config_show.show_openai_compat, name="show-open-webui")
+    config_app.command(
+        config_show.show_openai_compat,
+        name="show-open-webui",
+        help="Alias of show-openai-compat (same report, same options).",
+    )
     config_app.command(config_show.show_run_ledger, name="show-run-ledger")
     app.command(config_app)
     runs_app = App(name="runs", help="The run ledger.")

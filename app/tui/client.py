@@ -138,8 +138,11 @@ class BmoClient:
     def posture(self) -> dict[str, Any]:
         return self._get("/v1/openai-compat/posture")
 
-    def runs(self, *, limit: int = 30, route: str | None = None) -> list[dict[str, Any]]:
-        return list(self._get("/v1/openai-compat/runs", limit=limit, route=route).get("data") or [])
+    def runs(
+        self, *, limit: int = 30, route: str | None = None, traffic: str | None = None
+    ) -> list[dict[str, Any]]:
+        page = self._get("/v1/openai-compat/runs", limit=limit, route=route, traffic=traffic)
+        return list(page.get("data") or [])
 
     def run_events(self, request_id: str) -> list[dict[str, Any]]:
         return list(self._get(f"/v1/openai-compat/runs/{request_id}/events").get("data") or [])

@@ -176,7 +176,7 @@ class Controller:
     def run_command(self, command: Command) -> None:
         handlers: Mapping[str, Callable[[tuple[str, ...]], None]] = {
             "posture": lambda _args: self.open_posture(),
-            "ledger": lambda _args: self.open_ledger(),
+            "ledger": self.open_ledger,
             "runs": self.open_runs,
             "questions": self.open_questions,
             "help": lambda _args: self.open_help(),
@@ -314,18 +314,20 @@ class Controller:
 
         self._job(self.client.posture, done)
 
-    def open_ledger(self) -> None:
+    def open_ledger(self, args: tuple[str, ...] = ()) -> None:
+        """Client traffic by default; `/run-ledger all` adds the operator's own reads (this TUI's polls)."""
         seq = self._open("ledger")
         self.screen.show_lines(["loading the run ledger…"])
+        traffic = "all" if args and args[0].lower() == "all" else "client"
 
         def work() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            return self.client.posture(), self.client.runs(limit=LEDGER_ROWS)
+            return self.client.posture(), self.client.runs(limit=LEDGER_ROWS, traffic=traffic)
 
         def done(result: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
             self.posture, rows = result
             self._render_sidebar()
             if self._current(seq):
-                self.screen.show_lines(views.ledger_lines(self.posture, rows))
+                self.screen.show_lines(views.ledger_lines(self.posture, rows, everything=traffic == "all"))
 
         self._job(work, done)
 

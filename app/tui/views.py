@@ -149,7 +149,9 @@ def posture_lines(posture: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def ledger_lines(posture: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def ledger_lines(
+    posture: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]], *, everything: bool = False
+) -> list[str]:
     """The `/run-ledger` view: size, the degraded flag, outcome tally, newest rows."""
     lines = ["Run ledger (read-only; Esc: back)"]
     if posture:
@@ -163,6 +165,11 @@ def ledger_lines(posture: Mapping[str, Any] | None, rows: Sequence[Mapping[str, 
         tally[key] = tally.get(key, 0) + 1
     summary = "  ".join(f"{k}={v}" for k, v in sorted(tally.items()))
     lines.append(f"newest {len(rows)}: {summary or '(empty)'}")
+    lines.append(
+        "all traffic, operator reads included"
+        if everything
+        else "client traffic only (/run-ledger all adds operator reads: posture, runs, permissions)"
+    )
     lines += runs_lines(rows, show_route=True, numbered=False)
     return lines
 

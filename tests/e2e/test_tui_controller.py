@@ -154,8 +154,13 @@ def test_chat_report_runs_and_timeline(tui_for: Callable[..., Tui]) -> None:
     assert "list_dir ok" in timeline
 
     tui.type("/run-ledger")
-    ledger = tui.wait_for("Run ledger (read-only")
+    ledger = tui.wait_for("client traffic only", size=(120, 40))
     assert "chat_completions" in ledger
+    operator_rows = [line for line in ledger.splitlines() if " posture " in line or " permissions " in line]
+    assert operator_rows == []  # the TUI's own polls do not crowd the ledger
+    tui.type("/run-ledger all")
+    everything = tui.wait_for("operator reads included", size=(120, 40))
+    assert any(" posture " in line for line in everything.splitlines())
 
     tui.type("/nope")
     assert "unknown command /nope" in tui.wait_for("unknown command")
