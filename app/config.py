@@ -75,7 +75,7 @@ class OpenAICompat(_Config):
     show_tool_activity: bool = True
     session_header_fallbacks: tuple[str, ...] = ("X-OpenWebUI-Chat-Id",)
     max_steps: Annotated[int, msgspec.Meta(ge=1)] = 25
-    task_header: str | None = None
+    task_header: str = "X-OpenWebUI-Task"  # the header carrying Open WebUI's {{TASK}}
     router_model: str | None = None  # model id for the model-based ambiguity classifier
 
 
