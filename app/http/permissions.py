@@ -1,19 +1,27 @@
-"""Permission questions: list the pending ones, answer one (SPEC §5)."""
+"""Permission questions: list the pending ones (or follow them live), answer one."""
 
 from __future__ import annotations
 
-from typing import Literal
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import Stream
 
 from app.agent.permissions import answer
 from app.errors import Conflict, NotFound
+from app.http import sse
 from app.http.deps import HttpDeps
-from app.http.openapi import SECURITY, Documented, errors
+from app.http.openapi import SECURITY, Documented, DocumentedStream, errors
 from app.projections import permissions
+
+FOLLOW_POLL_S = 0.1  # a read of the local read model, not a request: no ledger row per look
+KEEP_ALIVE_S = 15.0
 
 __all__ = ["PermissionsController"]
 
@@ -46,14 +54,28 @@ class PermissionsController(Controller):
     security = SECURITY
 
     @get(
-        summary="Pending permission questions, oldest first",
-        operation_class=Documented,
-        responses=errors(401, 500),
+        summary="Pending permission questions, oldest first (JSON, or SSE to follow them)",
+        operation_class=DocumentedStream,
+        responses={
+            200: ResponseSpec(
+                QuestionList,
+                description="the pending questions; with follow=true or Accept: text/event-stream, "
+                "an SSE stream that sends the whole pending list now and again whenever it changes",
+                generate_examples=False,
+            ),
+            **errors(401, 500),
+        },
     )
-    async def pending(self, state: State) -> QuestionList:
+    async def pending(
+        self, state: State, request: Request[Any, Any, Any], follow: bool = False
+    ) -> Response[Any]:
         deps: HttpDeps = state.deps
         await deps.settle()
-        return QuestionList(data=[Question(**q) for q in permissions.pending_questions(deps.read_conn)])
+        if follow or "text/event-stream" in request.headers.get("accept", ""):
+            return Stream(
+                _follow_pending(deps), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        return Response(_pending(deps), media_type="application/json")
 
     @post(
         "/{question_id:str}",
@@ -84,3 +106,28 @@ class PermissionsController(Controller):
         await deps.settle()
         fresh = permissions.get_question(deps.read_conn, question_id) or question
         return Question(**fresh)
+
+
+def _pending(deps: HttpDeps) -> QuestionList:
+    return QuestionList(data=[Question(**q) for q in permissions.pending_questions(deps.read_conn)])
+
+
+async def _follow_pending(deps: HttpDeps) -> AsyncIterator[bytes]:
+    """The pending list now, then each time it changes: one long request instead of polls.
+
+    An operator's screen learns of a new question within FOLLOW_POLL_S of the
+    projector writing it, and the ledger holds one row for the whole watch.
+    """
+    last: list[tuple[str, str]] | None = None
+    idle = 0.0
+    while True:
+        page = _pending(deps)
+        key = [(q.question_id, q.status) for q in page.data]
+        if key != last:
+            last, idle = key, 0.0
+            yield sse.event(page)
+        elif idle >= KEEP_ALIVE_S:
+            idle = 0.0
+            yield sse.KEEP_ALIVE
+        await asyncio.sleep(FOLLOW_POLL_S)
+        idle += FOLLOW_POLL_S

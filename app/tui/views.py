@@ -241,12 +241,18 @@ def timeline_lines(events: Sequence[Mapping[str, Any]], *, request_id: str = "")
     return lines
 
 
+def session_label(session_id: object) -> str:
+    """Which chat asked: `session <id>`, or that the request named none."""
+    return f"session {session_id}" if session_id else "no session (a one-off request)"
+
+
 def question_lines(question: Mapping[str, Any], index: int) -> list[str]:
-    """One pending permission question: what it allows, for which run, until when."""
+    """One pending permission question: what it allows, which session asked, for which run, until when."""
     expires = str(question.get("expires_at") or "")[11:19]
+    asked_by = f"{session_label(question['session_id'])}, " if "session_id" in question else ""
+    run = short_id(question.get("request_id"))
     return [
-        f"[{index}] {question.get('tool')} wants to run (run {short_id(question.get('request_id'))},"
-        f" expires {expires or '?'})",
+        f"[{index}] {question.get('tool')} wants to run ({asked_by}run {run}, expires {expires or '?'})",
         f"    {clip(question.get('arguments', ''), ARG_CHARS)}",
     ]
 
