@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
 from litestar.response import Stream
 
 from app.agent.permissions import answer
 from app.errors import Conflict, NotFound
 from app.http import sse
 from app.http.deps import HttpDeps
-from app.http.openapi import SECURITY, Documented, DocumentedStream, errors
+from app.http.openapi import SECURITY, Documented, errors
 from app.projections import permissions
 
 FOLLOW_POLL_S = 0.1  # a read of the local read model, not a request: no ledger row per look
@@ -54,24 +55,24 @@ class PermissionsController(Controller):
     security = SECURITY
 
     @get(
-        summary="Pending permission questions, oldest first (JSON, or SSE to follow them)",
-        operation_class=DocumentedStream,
+        summary="Pending permission questions, oldest first",
+        description="With `follow=true` the answer is instead an SSE stream that sends this list "
+        "now and again whenever it changes, until the client disconnects (an operator screen's "
+        "live watch; the parameter is left out of the parameter list because the stream never ends).",
+        operation_class=Documented,
         responses={
-            200: ResponseSpec(
-                QuestionList,
-                description="the pending questions; with follow=true or Accept: text/event-stream, "
-                "an SSE stream that sends the whole pending list now and again whenever it changes",
-                generate_examples=False,
-            ),
+            200: ResponseSpec(QuestionList, description="the pending questions", generate_examples=False),
             **errors(401, 500),
         },
     )
     async def pending(
-        self, state: State, request: Request[Any, Any, Any], follow: bool = False
+        self,
+        state: State,
+        follow: Annotated[bool, Parameter(include_in_schema=False)] = False,
     ) -> Response[Any]:
         deps: HttpDeps = state.deps
         await deps.settle()
-        if follow or "text/event-stream" in request.headers.get("accept", ""):
+        if follow:
             return Stream(
                 _follow_pending(deps), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
