@@ -263,7 +263,7 @@ def help_lines(commands: Iterable[tuple[str, str]]) -> list[str]:
     lines += [
         "keys",
         "  Enter      send the prompt / run the command",
-        "  Tab        move focus between the view and the input line",
+        "  Tab        move focus between the view and the input line (in /questions: the buttons)",
         "  ↑ ↓ PgUp   scroll; Enter on a run or a button selects it",
         "  Esc        back to the chat",
         "  Ctrl-C     quit (like /quit)",
