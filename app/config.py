@@ -1,4 +1,4 @@
-"""Layered TOML configuration (SPEC section 3).
+"""Layered TOML configuration (docs/configuration.md).
 
 Files, lowest to highest precedence: the global ``bmo.toml``, project files from
 the repository root down to the working directory, then ``--config PATH``.

@@ -217,8 +217,10 @@ class Controller:
             return
         self._refreshing = True
 
-        def work() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            return self.client.posture(), self.client.permissions()
+        watching = self._watch  # the watch brings questions: no permissions poll (one ledger row less)
+
+        def work() -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+            return self.client.posture(), None if watching else self.client.permissions()
 
         def failed(message: str) -> None:
             self._refreshing = False
@@ -228,10 +230,10 @@ class Controller:
 
         self._job(work, self._refreshed, failed)
 
-    def _refreshed(self, result: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    def _refreshed(self, result: tuple[dict[str, Any], list[dict[str, Any]] | None]) -> None:
         self._refreshing = False
-        posture, questions = result
-        questions = self._label(questions)
+        posture, polled = result
+        questions = self.questions if polled is None else self._label(polled)
         self.posture = posture
         changed = [q.get("question_id") for q in questions] != [q.get("question_id") for q in self.questions]
         self.questions = questions
