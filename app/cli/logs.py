@@ -15,7 +15,7 @@ from cyclopts import Parameter
 
 from app.cli.runs import check_choice
 from app.config import data_dir
-from app.projections.runs import OUTCOMES
+from app.projections.runs import OPERATOR_ROUTES, OUTCOMES
 from app.telemetry import log_path
 
 __all__ = ["Filters", "format_record", "logs", "matches", "request_ids_like"]
@@ -25,13 +25,21 @@ UA_MEMORY = 10_000  # request ids whose client (User-Agent) --pretty remembers f
 
 class Filters:
     def __init__(
-        self, msg: str | None, outcome: str | None, request_id: str | None, session_id: str | None
+        self,
+        msg: str | None,
+        outcome: str | None,
+        request_id: str | None,
+        session_id: str | None,
+        everything: bool = False,
     ) -> None:
         self.msg, self.outcome, self.request_id, self.session_id = msg, outcome, request_id, session_id
+        self.everything = everything  # operator reads too (a request asked for by id always shows)
 
 
 def matches(record: dict[str, Any], f: Filters) -> bool:
     """Pure: does a record pass every given filter (`--msg` matches a prefix)."""
+    if not (f.everything or f.request_id) and record.get("route") in OPERATOR_ROUTES:
+        return False
     if f.msg and not str(record.get("msg", "")).startswith(f.msg):
         return False
     if f.outcome and record.get("outcome") != f.outcome:
@@ -113,6 +121,14 @@ def logs(
         str | None,
         Parameter(name=["--session-id", "--session"], help="One session (X-BMO-Session-Id)."),
     ] = None,
+    all_traffic: Annotated[
+        bool,
+        Parameter(
+            name="--all",
+            help="Include operator reads (posture, runs, run events, permissions); "
+            "by default only client traffic is shown.",
+        ),
+    ] = False,
     follow: Annotated[bool, Parameter(help="Keep printing new matching records.")] = False,
     pretty: Annotated[bool, Parameter(help="A human table instead of JSON lines.")] = False,
 ) -> int:
@@ -129,7 +145,7 @@ def logs(
         request_id = _full_request_id(path, request_id, follow=follow)
         if request_id is None:
             return 1
-    f = Filters(msg, outcome, request_id, session_id)
+    f = Filters(msg, outcome, request_id, session_id, everything=all_traffic)
     enrich = _Clients().note if pretty else (lambda r: r)  # JSON lines stay the records as written
     show = format_record if pretty else (lambda r: json.dumps(r, ensure_ascii=False))
     with Path(path).open(encoding="utf-8", errors="replace") as handle:

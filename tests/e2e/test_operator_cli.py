@@ -226,6 +226,12 @@ def test_runs_list_answers_did_open_webui_reach_bmo(
         logged = bmo(["logs", spelling, "chat-abc", "--msg", "openai_compat.fired"], workspace, data)
         assert logged.returncode == 0, logged.stderr
         assert {json.loads(line)["request_id"] for line in logged.stdout.splitlines()} >= {ids["chat"]}
+    fired = bmo(["logs", "--msg", "openai_compat.fired"], workspace, data).stdout
+    assert ids["chat"] in fired and ids["posture"] not in fired and ids["runs"] not in fired
+    fired_all = bmo(["logs", "--msg", "openai_compat.fired", "--all"], workspace, data).stdout
+    assert ids["posture"] in fired_all and ids["runs"] in fired_all
+    asked = bmo(["logs", "--request-id", ids["posture"][:12]], workspace, data).stdout
+    assert ids["posture"] in asked  # one request asked for by id is shown whatever its route
     no_v1 = [
         json.loads(line)
         for line in bmo(["logs", "--request-id", ids["no_v1"]], workspace, data).stdout.splitlines()
