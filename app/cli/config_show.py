@@ -102,8 +102,12 @@ def _bind(addr: str, token: bool, allow_no_auth: bool) -> dict[str, Any]:
 
 def format_compat(report: dict[str, Any]) -> str:
     bind = report["bind"]
+    live = bind.get("source") == "live"
+    files = ", ".join(report["config_files"]) or "(defaults only)"
     lines = [
-        "OpenAI compat (resolved configuration)",
+        "OpenAI compat (live values of the running server)"
+        if live
+        else "OpenAI compat (resolved configuration)",
         f"  enabled                {report['enabled']}",
         f"  tool_policy            {report['tool_policy']}",
         f"  ambiguity_action       {report['ambiguity_action']}",
@@ -111,7 +115,7 @@ def format_compat(report: dict[str, Any]) -> str:
         f"  advertised models      {', '.join(report['advertised_models']) or '(none)'}",
         f"  max_queue_depth        {report['max_queue_depth']}",
         f"  ledger_capacity        {report['ledger_capacity']}",
-        f"  config files           {', '.join(report['config_files']) or '(defaults only)'}",
+        f"  {'config files (local)' if live else 'config files':<22} {files}",
         "Bind boundary",
         f"  addr                   {bind['addr']} ({bind.get('source', 'configured')})",
         f"  loopback               {bind['loopback']}",
