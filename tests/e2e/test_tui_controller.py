@@ -250,15 +250,15 @@ def test_a_question_from_another_client_is_pushed_with_its_session(
         tui.wait_for("questions: 0")
         thread = _ask_from_another_client(server, "owui-chat-42")
         # no periodic refresh runs in this harness: only a push can bring it
-        tui.wait_for("questions: 1 pending", timeout=10)
-        assert "owui-chat-42" in tui.wait_for("permission question", timeout=5)
+        tui.wait_for("questions: 1 pending")
+        assert "owui-chat-42" in tui.wait_for("permission question")
         tui.type("/questions")
         screen = tui.wait_for("< Allow >")
         assert "session owui-chat-42" in screen
         tui.type("/questions deny 1")
         tui.wait_for("denied: bash")
         thread.join(WAIT)
-        tui.wait_for("questions: 0", timeout=10)
+        tui.wait_for("questions: 0")
     finally:
         tui.controller.close()
         tui.client.close()
