@@ -22,7 +22,7 @@ from app.http.openapi import SECURITY, Documented, errors
 from app.projections import permissions
 
 FOLLOW_POLL_S = 0.1  # a read of the local read model, not a request: no ledger row per look
-KEEP_ALIVE_S = 15.0
+FOLLOW_WINDOW_S = 15.0  # a watch ends after this (clients reconnect): a shutdown never waits longer
 
 __all__ = ["PermissionsController"]
 
@@ -57,8 +57,9 @@ class PermissionsController(Controller):
     @get(
         summary="Pending permission questions, oldest first",
         description="With `follow=true` the answer is instead an SSE stream that sends this list "
-        "now and again whenever it changes, until the client disconnects (an operator screen's "
-        "live watch; the parameter is left out of the parameter list because the stream never ends).",
+        "now and again whenever it changes, for 15 s, then `data: [DONE]` (an operator screen's "
+        "live watch reconnects; the parameter is left out of the parameter list so that fuzzers "
+        "do not hold streams open).",
         operation_class=Documented,
         responses={
             200: ResponseSpec(QuestionList, description="the pending questions", generate_examples=False),
@@ -114,21 +115,21 @@ def _pending(deps: HttpDeps) -> QuestionList:
 
 
 async def _follow_pending(deps: HttpDeps) -> AsyncIterator[bytes]:
-    """The pending list now, then each time it changes: one long request instead of polls.
+    """The pending list now, then each time it changes, for one window.
 
     An operator's screen learns of a new question within FOLLOW_POLL_S of the
-    projector writing it, and the ledger holds one row for the whole watch.
+    projector writing it, with one ledger row per window instead of one per
+    poll. The window is bounded because granian drains open connections on
+    shutdown: an endless stream would hold a stopping server forever.
     """
     last: list[tuple[str, str]] | None = None
-    idle = 0.0
-    while True:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FOLLOW_WINDOW_S
+    while loop.time() < deadline:
         page = _pending(deps)
         key = [(q.question_id, q.status) for q in page.data]
         if key != last:
-            last, idle = key, 0.0
+            last = key
             yield sse.event(page)
-        elif idle >= KEEP_ALIVE_S:
-            idle = 0.0
-            yield sse.KEEP_ALIVE
         await asyncio.sleep(FOLLOW_POLL_S)
-        idle += FOLLOW_POLL_S
+    yield sse.DONE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -144,8 +145,9 @@ class Controller:
     def _watch_questions(self) -> None:
         """Follow the pending questions: a question from any client reaches the sidebar at once.
 
-        One long request (`GET /v1/permissions?follow=true`) instead of a poll
-        every few seconds; it reconnects with backoff when the server goes away.
+        One long request (`GET /v1/permissions?follow=true`, a 15 s window the
+        server ends) at a time instead of a poll every few seconds; it watches
+        on at once after a window, and with backoff when the server goes away.
         """
         first, longest = WATCH_BACKOFF_S
 
@@ -153,11 +155,14 @@ class Controller:
             sessions: dict[str, str] = {}  # this thread's own cache
             delay = first
             while not self._stopping.is_set():
+                opened = time.monotonic()
                 try:
                     for questions in self.client.follow_permissions():
                         delay = first
                         labelled = self._with_sessions(questions, sessions)
                         self._post(functools.partial(self._questions_pushed, labelled))
+                    if time.monotonic() - opened >= first:
+                        continue  # the server ended a full window: watch on at once
                 except Exception:  # the server went away or restarted: try again later
                     pass
                 self._stopping.wait(delay)
