@@ -204,7 +204,7 @@ def cited_paths(doc: Path) -> Iterator[str]:
     """
     text = doc.read_text()
     for target in _LINK.findall(text):
-        if not target.startswith(_EXTERNAL):
+        if not target.startswith((*_EXTERNAL, "<")):  # `<placeholder>` targets show a shape, not a file
             yield target.split("#", 1)[0]
     top = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
     for mention in _PATHLIKE.findall(text):
