@@ -90,6 +90,7 @@ class Telemetry(_Config):
 
 class Store(_Config):
     url: str = ""  # empty = SQLite under the data dir
+    unavailable_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # durable appends: then 503
 
 
 class Options(_Config):
