@@ -18,8 +18,11 @@ class DecidePermission(RunCommand, frozen=True, kw_only=True):
 
 
 def decide(state: RunState, cmd: DecidePermission) -> tuple[PermissionDecided, ...]:
-    """Only a pending question can be decided; the first answer wins."""
-    if cmd.question_id not in state.open_questions:
+    """Only a pending question of an open run can be decided; the first answer wins.
+
+    A question cannot outlive its run: nothing is appended after `Finished`.
+    """
+    if not state.is_open or cmd.question_id not in state.open_questions:
         return ()
     return (
         PermissionDecided(

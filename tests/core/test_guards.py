@@ -96,6 +96,15 @@ def test_a_finished_run_takes_no_permission_question() -> None:
     assert ask_permission.decide(state, ask) == ()
 
 
+def test_a_finished_run_takes_no_answer_to_its_open_question() -> None:
+    state = finished_run()
+    assert state.open_questions == {"q1"}  # asked, never answered, then the run ended
+    answer = DecidePermission(
+        run_id=state.run_id, at=now(), question_id="q1", decision="allow", decided_by="operator"
+    )
+    assert decide_answer(state, answer) == ()
+
+
 def test_a_decided_question_is_closed_in_the_state_and_takes_no_second_answer() -> None:
     run_id = uuid4()
     from app.commands import fire_run
