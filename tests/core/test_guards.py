@@ -431,3 +431,43 @@ def test_the_sweep_finishes_runs_beyond_the_ledger_capacity(tmp_path: Path) -> N
     swept = sweep_interrupted(store, read_db_path(tmp_path), records, capacity=1)
     assert sorted(swept) == sorted(i.hex for i in open_ids)
     assert all(fold(i, store.stream(i)).finished for i in open_ids)
+
+
+def test_the_executor_caches_open_runs_only_and_forgets_on_demand(tmp_path: Path) -> None:
+    from app.commands.finish_run import FinishRun
+
+    async def scenario() -> None:
+        store = EventStore(tmp_path / "events.db")
+        writer = EventWriter(store)
+        writer.start()
+        executor = Executor(store, writer)
+        kept, ended = uuid4(), uuid4()
+        for run_id in (kept, ended):
+            await executor.execute(fire_cmd(run_id), durable=True)
+        assert {s.run_id for s in executor.live_runs()} == {kept, ended}
+        finish = FinishRun(run_id=ended, at=now(), outcome="final_answer", status_code=200, elapsed_ms=1)
+        await executor.execute(finish, durable=True)
+        assert [s.run_id for s in executor.live_runs()] == [kept]  # a finished run leaves the cache
+        executor.forget(kept)
+        assert executor.live_runs() == []
+        assert (await executor.state_of(kept)).version == 1  # reloaded from the store
+        await writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_durable_command_fails_with_persist_failed_while_the_store_fails(tmp_path: Path) -> None:
+    switch = tmp_path / "fail"
+    switch.touch()
+
+    async def scenario() -> None:
+        store = FaultInjectingStore(tmp_path / "events.db", switch)
+        writer = EventWriter(store, unavailable_wait_s=0)
+        writer.start()
+        executor = Executor(store, writer)
+        with pytest.raises(PersistFailed):
+            await asyncio.wait_for(executor.execute(fire_cmd(uuid4()), durable=True), 10)
+        switch.unlink()
+        await writer.close()
+
+    asyncio.run(scenario())
