@@ -10,10 +10,12 @@ across the whole store.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.events.session import fold as session_fold
@@ -117,3 +119,24 @@ def test_a_turn_ending_while_the_store_fails_still_frees_its_session(
     again = turns(server, [{"chunks": 1, "delay_ms": 0, "session_id": s} for s in sessions])
     assert all(r.complete for r in again), [(r.status, r.error) for r in again]
     h.assert_every_run_terminal_once(server.data_dir / "events.db", timeout=20)
+
+
+@pytest.mark.parametrize("wait_s", [0.5, 2.0])
+def test_a_durable_append_answers_503_after_the_configured_wait(
+    make_server: Callable[..., BmoServer], tmp_path: Path, wait_s: float
+) -> None:
+    switch = tmp_path / "append-faults-on"
+    server = make_server(
+        config_text=f"[options.store]\nunavailable_wait_s = {wait_s}\n",
+        extra_env={"BMO_TEST_APPEND_FAULTS": str(switch)},
+    )
+    switch.touch()
+    headers = {**server.headers, "X-BMO-Session-Id": "waits"}  # admission is a durable append
+    body = {"model": "bmo/local", "messages": [{"role": "user", "content": "list files"}]}
+    started = time.monotonic()
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+    elapsed = time.monotonic() - started
+    switch.unlink()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "store_unavailable"
+    assert wait_s <= elapsed < wait_s + 5  # waited the configured time, then failed fast
