@@ -89,14 +89,6 @@ def test_the_store_saves_atomically_and_reads_streams_from_a_version(tmp_path: P
     assert store.streams_with("app.events.run:Started") == [run_id]
     assert store.streams_with("app.events.run:Finished") == []
     store.check_writable()
-    synchronous = (
-        store._app.recorder.datastore.pool.get_connection()
-        ._sqlite_conn.execute(  # type: ignore[attr-defined]
-            "PRAGMA synchronous"
-        )
-        .fetchone()[0]
-    )
-    assert synchronous == 1  # NORMAL, on purpose (see _use_synchronous_normal)
     store.close()
 
 
