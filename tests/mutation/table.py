@@ -26,6 +26,12 @@ M = [
         "if not state.fired or cmd.question_id",
     ),
     (
+        "answer on finished",
+        "app/commands/decide_permission.py",
+        "if not state.is_open or cmd.question_id not in state.open_questions:",
+        "if cmd.question_id not in state.open_questions:",
+    ),
+    (
         "executor re-raise",
         "app/commands/execute.py",
         "                self.forget(stream_id)  # stale: reload and decide again",
