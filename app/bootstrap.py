@@ -150,7 +150,9 @@ def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | N
             read_db_path(data_dir),
             ledger_capacity=settings.options.openai_compat.ledger_capacity,
         )
-    writer = EventWriter(store, on_commit=projector.notify)
+    writer = EventWriter(
+        store, on_commit=projector.notify, unavailable_wait_s=settings.options.store.unavailable_wait_s
+    )
     writer.on_failure = lambda events, error: _persist_failed(records, events, error)
     writer.on_recovered = lambda state: _persistence_recovered(records, writer, state)
     return Runtime(

@@ -32,9 +32,12 @@ def _scope(state: RunState, cmd: DecidePermission) -> str:
 
 
 def decide(state: RunState, cmd: DecidePermission) -> tuple[PermissionDecided, ...]:
-    """Only a pending question can be decided; the first answer wins; a decision about other
-    arguments than the question's (a digest mismatch) decides nothing."""
-    if cmd.question_id not in state.open_questions or not digest_matches(state, cmd):
+    """Only a pending question of an open run can be decided; the first answer wins; a decision
+    about other arguments than the question's (a digest mismatch) decides nothing.
+
+    A question cannot outlive its run: nothing is appended after `Finished`.
+    """
+    if not state.is_open or cmd.question_id not in state.open_questions or not digest_matches(state, cmd):
         return ()
     return (
         PermissionDecided(

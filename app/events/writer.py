@@ -5,7 +5,10 @@ background task saves everything pending in one SQLite transaction on a
 worker thread. A save that fails for an environmental reason (disk full,
 read-only or locked database) leaves its events queued (a bounded outbox),
 sets the sticky degraded flag and is retried with backoff; the next
-successful save flushes the outbox and clears the flag. A stale-version
+successful save flushes the outbox and clears the flag. A durable submission
+(its caller waits on it) is not kept for ever: once the store has failed it
+for `unavailable_wait_s` it fails with `PersistFailed` (the caller answers
+503), so a waiting request never outlives the configured wait. A stale-version
 conflict (`IntegrityError`) is the caller's business: only that submission's
 future fails.
 """
@@ -36,7 +39,8 @@ class PersistFailed(Exception):
 class _Submission:
     events: tuple[DomainEvent, ...]
     done: asyncio.Future[int]
-    durable: bool = False  # its caller waits: fail it now rather than keep it in the outbox
+    durable: bool = False  # its caller waits: fail it at `deadline` rather than keep it in the outbox
+    deadline: float = 0.0  # loop time after which a failing store fails a durable submission
     reported: bool = False  # a persist_failed record was emitted for it
 
 
@@ -60,6 +64,7 @@ class EventWriter:
     on_failure: FailureHook = lambda _events, _error: None
     on_recovered: RecoveryHook = lambda _state: None
     outbox_limit: int = 20_000  # events held while the store is failing
+    unavailable_wait_s: float = 5.0  # a durable submission waits this long for a failing store
     state: PersistenceState = field(default_factory=PersistenceState)
     position: int = 0  # last notification id this writer committed
     _pending: list[_Submission] = field(default_factory=list)
@@ -78,7 +83,8 @@ class EventWriter:
         if not events:
             done.set_result(0)
             return done
-        self._pending.append(_Submission(tuple(events), done, durable))
+        deadline = asyncio.get_running_loop().time() + self.unavailable_wait_s
+        self._pending.append(_Submission(tuple(events), done, durable, deadline))
         self._held += len(events)
         self._trim_outbox()
         self._idle.clear()
@@ -116,9 +122,16 @@ class EventWriter:
                 if await self._save(batch):
                     backoff = 0.05
                     continue
-                await asyncio.sleep(backoff)  # outbox: retry the same batch later
+                await asyncio.sleep(self._retry_delay(backoff))  # outbox: retry the batch later
                 backoff = min(backoff * 2, 2.0)
             self._idle.set()
+
+    def _retry_delay(self, backoff: float) -> float:
+        """The backoff, cut short so a durable submission fails at its deadline, not after."""
+        deadlines = [s.deadline for s in self._pending if s.durable]
+        if not deadlines:
+            return backoff
+        return max(0.0, min(backoff, min(deadlines) - asyncio.get_running_loop().time()))
 
     async def _save(self, batch: list[_Submission]) -> bool:
         events = [e for s in batch for e in s.events]
@@ -175,8 +188,9 @@ class EventWriter:
             submission.reported = True
         if unreported:
             self.on_failure([e for s in unreported for e in s.events], self.state.last_error)
+        now = asyncio.get_running_loop().time()
         for submission in batch:
-            if submission.durable:  # someone waits on it: tell them now
+            if submission.durable and now >= submission.deadline:  # its caller waited long enough
                 self._drop(submission)
                 if not submission.done.done():
                     submission.done.set_exception(PersistFailed(self.state.last_error))

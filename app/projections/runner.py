@@ -46,12 +46,15 @@ class ProjectionRunner:
         ledger_capacity: int,
         batch_size: int = 500,
         poll_interval: float = 0.25,
+        between_rows_and_tracking: Callable[[], None] = lambda: None,
     ) -> None:
+        """`between_rows_and_tracking` is a test seam: raise from it to crash a step mid-way."""
         self._store = store
         self._db = open_read_db(db_path)
         self._capacity = ledger_capacity
         self._batch_size = batch_size
         self._poll = poll_interval
+        self._between_rows_and_tracking = between_rows_and_tracking
         self._wake = asyncio.Event()
         self._advanced = asyncio.Event()
         self.position = self._read_position()
@@ -135,6 +138,7 @@ class ProjectionRunner:
             for note in notes:
                 apply_ops(conn, project_all(self._store.to_event(note), note.id))
             if notes:
+                self._between_rows_and_tracking()
                 position = notes[-1].id
                 conn.execute(
                     "INSERT INTO projection_tracking (name, position) VALUES (?, ?) "

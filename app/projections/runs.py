@@ -260,13 +260,19 @@ def recent_outcomes(conn: Any, n: int = 5) -> list[dict[str, Any]]:
 
 
 def prune_sql(capacity: int) -> list[tuple[str, tuple[int, ...]]]:
-    """Statements that keep the newest `capacity` runs (events of pruned runs go too)."""
+    """Statements that keep the newest `capacity` runs, and every open run (events of pruned runs go too).
+
+    An open run is never pruned: the startup sweep finds interrupted runs in
+    this table, so a run pruned while open would stay open (and its session
+    busy) forever. It is pruned by the first step after it ends.
+    """
     cutoff = "(SELECT seq FROM openai_compat_runs ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+    prunable = f"ended_seq IS NOT NULL AND seq <= {cutoff}"
     return [
         (
             "DELETE FROM openai_compat_run_events WHERE request_id IN "
-            f"(SELECT request_id FROM openai_compat_runs WHERE seq <= {cutoff})",
+            f"(SELECT request_id FROM openai_compat_runs WHERE {prunable})",
             (capacity,),
         ),
-        (f"DELETE FROM openai_compat_runs WHERE seq <= {cutoff}", (capacity,)),
+        (f"DELETE FROM openai_compat_runs WHERE {prunable}", (capacity,)),
     ]
