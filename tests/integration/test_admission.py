@@ -151,7 +151,9 @@ async def _race(tmp: Path, after: int, *, fault: bool) -> None:
         assert await h.admit(a, "question A") == "active"
 
         async def release_a() -> None:
-            await h.sessions.release(SESSION, a.request_id, "final_answer", [{"role": "user", "content": "A"}])
+            await h.sessions.release(
+                SESSION, a.request_id, "final_answer", [{"role": "user", "content": "A"}]
+            )
 
         async def store_fails() -> None:
             switch.touch()
