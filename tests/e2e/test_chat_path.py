@@ -64,7 +64,7 @@ def pending_questions(server: BmoServer) -> list[dict]:
         "é".encode() * 18,
         b"\xff" * 36,
         "",
-        " " * 36,
+        "{" * 36,
         "00000000-0000-0000-0000-00000000000g",
     ],
 )
