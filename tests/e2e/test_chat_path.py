@@ -20,8 +20,8 @@ import pytest
 
 from tests.data import openwebui_tasks
 from tests.e2e.server import BmoServer
-from tests.e2e.test_sessions import config, content_of, post, runs, wait_for_outcome
-from tests.fakes.openai_upstream import FakeOpenAI, Text, ToolCalls
+from tests.e2e.test_sessions import config, content_of, in_thread, post, runs, wait_for_outcome
+from tests.fakes.openai_upstream import FakeOpenAI, Slow, Text, ToolCalls
 
 
 @pytest.fixture
@@ -406,3 +406,44 @@ def test_tool_activity_shown_to_the_client_is_not_a_divergence(
     assert "HistoryDiverged" not in [e["type"] for e in events_of(server, row["request_id"])]
     sent = [(m["role"], m["content"]) for m in upstream.requests[-1]["body"]["messages"]]
     assert sent == [("user", "list the files"), ("assistant", "two entries"), ("user", "more?")]
+
+
+# ------------------------------------- item 4: admission racing a release, real server
+
+OFFSETS_MS = (-120, -60, -20, 0, 10, 25, 50, 100, 200, 350)
+
+
+def test_a_request_racing_the_end_of_the_active_run_is_never_stranded(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI
+) -> None:
+    """Send B at offsets around the moment run A ends (its release), one session per offset.
+
+    Whatever the interleaving, B is either admitted at once (200) or queued (409) and then
+    run to its end; the session is free afterwards and resume of the queued run completes.
+    """
+    server = make_server(config_text=config(upstream, "max_queue_depth = 8"))
+    for offset in OFFSETS_MS:
+        session = f"s-race-{offset}"
+        upstream.script(Slow(0.4, Text("answer A")))
+        seen = len(upstream.requests)
+        a_thread, a_out = in_thread(lambda session=session: post(server, "question A", session=session))
+        wait_until(lambda seen=seen: len(upstream.requests) > seen)
+        time.sleep(max(0.0, 0.4 + offset / 1000))  # an interleaving to try, not a synchronisation
+        b = post(server, "question B", session=session)
+        a_thread.join(60)
+        assert a_out["value"].status_code == 200
+        assert b.status_code in (200, 409), (offset, b.text)
+        if b.status_code == 409:
+            queued = b.json()["error"]["run_id"]
+            row = wait_for_outcome(server, queued, timeout=30)
+            assert row["outcome"] == "final_answer", (offset, row)
+            resumed = post(
+                server,
+                "",
+                session=session,
+                headers={"X-BMO-Resume-Run-Id": queued},
+                messages=[{"role": "user", "content": "resume"}],
+            )
+            assert resumed.status_code == 200, (offset, resumed.text)
+        third = post(server, "question C", session=session)
+        assert third.status_code == 200, (offset, third.text)
