@@ -69,7 +69,8 @@ def outcome_for_status(status: int) -> str:
     return "final_answer"
 
 
-def to_bmo_error(exc: Exception) -> BmoError:
+def to_bmo_error(exc: Exception, body: bytes | None = None) -> BmoError:
+    """`body`, when known, lets a decode failure be named by its kind rather than a parser's wording."""
     if isinstance(exc, BmoError):
         return exc
     if isinstance(exc, PersistFailed):
@@ -83,8 +84,8 @@ def to_bmo_error(exc: Exception) -> BmoError:
         return NotFound("Not found: no such route or resource.")
     if isinstance(exc, MethodNotAllowedException):  # keeps Litestar's `Allow` header (RFC 9110)
         return MethodNotAllowed("Method not allowed for this route.", headers=dict(exc.headers or {}))
-    if isinstance(exc, UnicodeDecodeError):  # Litestar's JSON decode lets it through
-        return InvalidRequest("The request body is not valid UTF-8 JSON.", code="invalid_json")
+    if _is_body_decode_failure(exc):
+        return _decode_failure(exc, body)
     if isinstance(exc, RecursionError) and "deserializ" in str(exc):  # msgspec on deep nesting
         return InvalidRequest("The request body is nested too deeply.", code="invalid_json")
     if isinstance(exc, HTTPException):
@@ -99,6 +100,41 @@ def to_bmo_error(exc: Exception) -> BmoError:
             return InvalidRequest(str(exc.detail))
     log.exception("unhandled error", exc_info=exc)
     return InternalError("The server failed to handle this request.")
+
+
+def _is_body_decode_failure(exc: Exception) -> bool:
+    """The body could not be decoded: msgspec's DecodeError or UnicodeDecodeError, raw or wrapped."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # Litestar wraps twice: ClientException <- SerializationException <- DecodeError
+        if isinstance(seen, UnicodeDecodeError | msgspec.DecodeError):
+            return True
+        if seen is None:
+            return False
+        seen = seen.__cause__
+    return False
+
+
+def _decode_failure(exc: Exception, body: bytes | None) -> InvalidRequest:
+    """Our own message by kind: invalid UTF-8 is checked on the bytes, not read off the parser's text."""
+    if isinstance(exc, UnicodeDecodeError) or (body is not None and not _is_utf8(body)):
+        return InvalidRequest("The request body is not valid UTF-8 JSON.", code="invalid_json")
+    detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+    return InvalidRequest(f"Could not parse the request body as JSON: {detail}", code="invalid_json")
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _cached_body(request: Request[Any, Any, Any]) -> bytes | None:
+    """The body Litestar already read for this request, if any (it keeps it in the connection state)."""
+    state = getattr(request, "_connection_state", None)
+    body = getattr(state, "body", None)
+    return body if isinstance(body, bytes) else None
 
 
 def _validation_message(exc: ValidationException) -> str:
@@ -131,7 +167,7 @@ def _validation_param(exc: ValidationException) -> str | None:
 
 
 def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    error = to_bmo_error(exc)
+    error = to_bmo_error(exc, _cached_body(request))
     lifecycle = request.scope.get("bmo")  # type: ignore[call-overload]
     if lifecycle is not None:
         lifecycle.note_error(error)

@@ -103,9 +103,9 @@ def test_permission_answered_from_questions_unblocks_the_run(tui_for: Callable[.
     tui.screen.keypress(SIZE, "enter")  # Allow has the focus
     tui.wait(lambda: not tui.controller.streaming, "the run to finish")
     tui.screen.keypress(SIZE, "esc")
-    chat = tui.wait_for("Ran `echo hi`", size=(80, 40))
-    assert "permission allow (by operator)" in chat
-    assert '⚙ bash {"command": "echo hi"} → hi' in chat
+    # Each line arrives on its own (the answer, the decision notice, the tool line): wait for each, not one.
+    for line in ("Ran `echo hi`", "permission allow (by operator)", '⚙ bash {"command": "echo hi"} → hi'):
+        tui.wait_for(line, size=(80, 40))
     events = finished_events(tui)
     kinds = [e["type"] for e in events]
     assert kinds.index("PermissionAsked") < kinds.index("PermissionDecided") < kinds.index("Finished")

@@ -4,9 +4,13 @@ Created once under `~/.cache/bmo-tests/openwebui-0.12.4/` (override with
 `BMO_OPENWEBUI_VENV`), guarded by a lock file so parallel runs wait for one
 install instead of colliding, and reused when present and importable:
 
-    pip install --no-deps open-webui==0.12.4
-    pip install -r <site-packages>/requirements-slim.txt     # run with USE_SLIM_DOCKER=true
-    pip install playwright                                   # the browser driver; never `playwright install`
+    pip install --no-deps -r tests/openwebui/open-webui.lock     # open-webui==0.12.4, hashed
+    pip install -r tests/openwebui/requirements.lock             # its slim list + playwright, hashed
+
+Both locks are made by `scripts/lock` (from `open-webui.in` and `requirements.in`; the slim list is
+a copy of the wheel's own `requirements-slim.txt`, run with USE_SLIM_DOCKER=true). The cache stamp
+holds the locks' digest, so a refreshed lock rebuilds the venv instead of testing stale packages.
+The browser is Debian's chromium, never `playwright install`.
 
 The driver scripts (`driver.py`) run with this venv's interpreter, so the tests'
 own environment needs neither python-socketio nor playwright.
@@ -15,6 +19,7 @@ own environment needs neither python-socketio nor playwright.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -26,7 +31,8 @@ from pathlib import Path
 __all__ = ["OPEN_WEBUI_VERSION", "InstallError", "OpenWebUIVenv", "ensure_venv"]
 
 OPEN_WEBUI_VERSION = "0.12.4"
-PLAYWRIGHT_REQUIREMENT = "playwright>=1.50,<2"
+_HERE = Path(__file__).resolve().parent
+_LOCKS = (_HERE / "open-webui.lock", _HERE / "requirements.lock")
 _STAMP = ".bmo-tests-complete"
 _PIP_TIMEOUT_S = 900
 
@@ -76,8 +82,18 @@ def ensure_venv(root: Path | None = None, log: Path | None = None) -> OpenWebUIV
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _locks_digest() -> str:
+    digest = hashlib.sha256()
+    for lock in _LOCKS:
+        digest.update(lock.read_bytes())
+    return digest.hexdigest()
+
+
 def _usable(venv: OpenWebUIVenv) -> bool:
-    if not (venv.root / _STAMP).exists() or not venv.python.exists() or not venv.open_webui.exists():
+    stamp = venv.root / _STAMP
+    if not stamp.exists() or not venv.python.exists() or not venv.open_webui.exists():
+        return False
+    if _locks_digest() not in stamp.read_text():
         return False
     check = (
         "import importlib.metadata as m, open_webui, socketio, playwright.async_api;"
@@ -121,20 +137,11 @@ def _install(venv: OpenWebUIVenv, log: Path) -> None:
 
         run(sys.executable, "-m", "venv", venv.root)
         pip = (venv.python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check")
-        run(*pip, "--no-deps", f"open-webui=={OPEN_WEBUI_VERSION}")
-        purelib = subprocess.run(
-            [str(venv.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        requirements = Path(purelib) / "requirements-slim.txt"
-        if not requirements.exists():
-            raise InstallError(f"the open-webui {OPEN_WEBUI_VERSION} wheel has no {requirements}")
-        run(*pip, "-r", requirements)
-        run(*pip, PLAYWRIGHT_REQUIREMENT)  # the Python package only: the browser is Debian's chromium
+        open_webui_lock, requirements_lock = _LOCKS
+        run(*pip, "--no-deps", "-r", open_webui_lock)
+        run(*pip, "-r", requirements_lock)  # the Python playwright only: the browser is Debian's chromium
         out.write(f"installed in {time.monotonic() - started:.0f}s\n")
-    (venv.root / _STAMP).write_text(f"open-webui=={OPEN_WEBUI_VERSION}\n")
+    (venv.root / _STAMP).write_text(f"open-webui=={OPEN_WEBUI_VERSION}\nlocks {_locks_digest()}\n")
 
 
 if __name__ == "__main__":  # `python -m tests.openwebui.install`: prepare the cache (e.g. in .ci/run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from app.agent.lifecycle import truncate_utf8
@@ -73,3 +74,33 @@ def test_bind_rules() -> None:
         decide_bind(settings, addr=None, token="flag", allow_no_auth=False, env={"BMO_AUTH_TOKEN": "e"}).token
         == "flag"
     )
+
+
+def _wrapped_decode_failure(parser_text: str) -> Exception:
+    """Litestar's chain for an undecodable body: ClientException <- SerializationException <- DecodeError."""
+    from litestar.exceptions import ClientException, SerializationException
+
+    try:
+        try:
+            try:
+                raise msgspec.DecodeError(parser_text)
+            except msgspec.DecodeError as e:
+                raise SerializationException(str(e)) from e
+        except SerializationException as e:
+            raise ClientException(str(e)) from e
+    except ClientException as e:
+        return e
+
+
+def test_invalid_utf8_is_named_by_the_bytes_not_the_parsers_wording() -> None:
+    from app.http.errors import to_bmo_error
+
+    for parser_text in ("Invalid UTF-8 encoded string", "some future wording", ""):
+        error = to_bmo_error(_wrapped_decode_failure(parser_text), b'{"a": "hi\xff\xfe"}')
+        assert (error.status, error.code) == (400, "invalid_json")
+        assert "not valid UTF-8" in error.message
+        syntax = to_bmo_error(_wrapped_decode_failure(parser_text), b'{"a": ')
+        assert (syntax.status, syntax.code) == (400, "invalid_json")
+        assert syntax.message.startswith("Could not parse the request body as JSON")
+    raw = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    assert "not valid UTF-8" in to_bmo_error(raw).message
