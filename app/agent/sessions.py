@@ -304,7 +304,7 @@ class SessionService:
     async def _run_deferred(self, stream_id: UUID, run_id: str) -> None:
         try:
             work = await self._queued_work(stream_id, run_id)
-            if work is not None:
+            if work is not None and not await self._stream_opened(run_id):
                 await self._open_queued_stream(run_id, work, durable=False)
         except Exception:
             log.exception("deferred run %s could not be prepared", run_id)
@@ -322,6 +322,11 @@ class SessionService:
 
         lifecycle.on_finish.append(release)
         await self._drive(lifecycle, work, new_turn, result)
+
+    async def _stream_opened(self, run_id: str) -> bool:
+        """Did the queueing request write the run's own stream (the usual case)?"""
+        events = await asyncio.to_thread(self._store.stream, UUID(hex=run_id))
+        return any(isinstance(e, Queued) for e in events)
 
     async def _release_stream(self, stream_id: UUID, run_id: str) -> None:
         """End a run that cannot start (if its stream exists) and free its session."""

@@ -447,3 +447,27 @@ def test_a_request_racing_the_end_of_the_active_run_is_never_stranded(
             assert resumed.status_code == 200, (offset, resumed.text)
         third = post(server, "question C", session=session)
         assert third.status_code == 200, (offset, third.text)
+
+
+def test_an_ambiguous_message_to_a_busy_session_waits_its_turn(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI
+) -> None:
+    """The clarification is a run of the session: queued behind the busy run, in transcript order."""
+    server = make_server(config_text=config(upstream))
+    upstream.script(Slow(1.0, Text("answer A")))
+    seen = len(upstream.requests)
+    a_thread, a_out = in_thread(lambda: post(server, "what is in README.md?", session="s-vague"))
+    wait_until(lambda: len(upstream.requests) > seen)
+    vague = post(server, "fix it", session="s-vague")
+    assert vague.status_code == 409, vague.text
+    queued = vague.json()["error"]["run_id"]
+    a_thread.join(60)
+    assert content_of(a_out["value"]) == "answer A"
+    row = wait_for_outcome(server, queued)
+    assert row["outcome"] == "clarification"
+    upstream.script(Text("answer C"))
+    assert content_of(post(server, "README.md please", session="s-vague")) == "answer C"
+    sent = [(m["role"], m["content"]) for m in upstream.requests[-1]["body"]["messages"]]
+    assert [role for role, _ in sent] == ["user", "assistant", "user", "assistant", "user"]
+    assert [text for _, text in sent][:3] == ["what is in README.md?", "answer A", "fix it"]
+    assert sent[3][1].startswith("What would you like me to fix?")
