@@ -35,6 +35,7 @@ from app.providers.base import (
 __all__ = [
     "AgentEvent",
     "ClientToolCalls",
+    "Denial",
     "Done",
     "Progress",
     "StepSink",
@@ -43,7 +44,16 @@ __all__ = [
     "run_turn",
 ]
 
-Authorize = Callable[[ToolCall, Tool], Awaitable[str | None]]  # None = allowed, else the denial
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A tool call that may not run: what the model is told, and what the user is shown."""
+
+    for_model: str  # the tool result, with instructions for the model
+    for_user: str  # the activity block: what happened, no instructions meant for the model
+
+
+Authorize = Callable[[ToolCall, Tool], Awaitable[Denial | None]]  # None = allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +94,7 @@ class StepSink(Protocol):
     ) -> None: ...
 
 
-async def _allow_all(_call: ToolCall, _tool: Tool) -> str | None:
+async def _allow_all(_call: ToolCall, _tool: Tool) -> Denial | None:
     return None
 
 
@@ -215,23 +225,29 @@ async def _run_tool(
     spec: TurnSpec, sink: StepSink, turn: _Turn, step: int, call: ToolCall
 ) -> AsyncIterator[TextChunk]:
     started = time.perf_counter()
-    result = await _execute(spec, turn, call)
+    result, shown = await _execute(spec, turn, call)
     await sink.tool_called(
         step=step, call=call, result=result, duration_ms=(time.perf_counter() - started) * 1000
     )
     if call.name == "kubectl":
         turn.k8s_failed = result.error_kind == "k8s_retry_exhausted"
     if spec.show_tool_activity:
-        yield TextChunk(details_block(call, result), activity=True)
+        yield TextChunk(details_block(call, shown), activity=True)
     turn.history.append(ChatMessage("tool", result.content, tool_call_id=call.id, name=call.name))
 
 
-async def _execute(spec: TurnSpec, turn: _Turn, call: ToolCall) -> ToolResult:
+async def _execute(spec: TurnSpec, turn: _Turn, call: ToolCall) -> tuple[ToolResult, ToolResult]:
+    """The result the model gets, and the one the user is shown (they differ for a denial)."""
     if turn.repeats.note(call) >= guards.REPEAT_LIMIT:
-        return ToolResult(ok=False, content=guards.loop_note(call), error_kind="loop_detected")
+        looped = ToolResult(ok=False, content=guards.loop_note(call), error_kind="loop_detected")
+        return looped, looped
     tool = spec.tools.get(call.name)
     if tool is not None:
         denial = await spec.authorize(call, tool)
         if denial is not None:
-            return ToolResult(ok=False, content=denial, error_kind="permission_denied")
-    return await spec.tools.execute(call, spec.tool_context)
+            return (
+                ToolResult(ok=False, content=denial.for_model, error_kind="permission_denied"),
+                ToolResult(ok=False, content=denial.for_user, error_kind="permission_denied"),
+            )
+    result = await spec.tools.execute(call, spec.tool_context)
+    return result, result

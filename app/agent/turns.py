@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from app.agent.loop import AgentEvent, ClientToolCalls, Done, Progress, TextChunk, TurnSpec, run_turn
-from app.agent.permissions import Decision, PermissionGate
+from app.agent.loop import (
+    AgentEvent,
+    ClientToolCalls,
+    Denial,
+    Done,
+    Progress,
+    TextChunk,
+    TurnSpec,
+    run_turn,
+)
+from app.agent.permissions import PermissionGate
 from app.agent.recorder import RunRecorder
 from app.agent.router import RESEARCH_PROMPT
 from app.agent.tools.base import Tool, ToolContext
@@ -130,13 +139,17 @@ class TurnRunner:
         auto = self._policy.tool_policy == "auto_approve"
         client_tools = tuple(t for t in options.client_tools if t.name not in tools) if auto else ()
 
-        async def authorize(call: ToolCall, tool: Tool) -> str | None:
+        async def authorize(call: ToolCall, tool: Tool) -> Denial | None:
             if not tool.mutating or auto or call.name in self._policy.allowed_tools:
                 return None
             try:
-                return _denial(call, await self._gate.ask(run_id, call))
+                decision = await self._gate.ask(run_id, call)
             except PersistFailed:  # nobody could see the question: deny rather than wait
-                return f"error: permission denied for {call.name}: the question could not be recorded."
+                return _denied(call, "the permission question could not be recorded")
+            if decision.allowed:
+                return None
+            timed_out = decision.decided_by == "timeout"
+            return _denied(call, "no operator answered in time" if timed_out else "an operator denied it")
 
         return TurnSpec(
             provider=model.provider,
@@ -154,11 +167,12 @@ class TurnRunner:
         )
 
 
-def _denial(call: ToolCall, decision: Decision) -> str | None:
-    if decision.allowed:
-        return None
-    why = "no operator answered in time" if decision.decided_by == "timeout" else "an operator denied it"
-    return (
-        f"error: permission denied for {call.name}: {why}. It was not run. Do not retry it; "
-        "tell the user what you would have done and that it needs approval."
+def _denied(call: ToolCall, why: str) -> Denial:
+    """The model gets its instructions; the user sees only what happened (text for the
+    model stays with the model)."""
+    happened = f"Permission denied for {call.name}: {why}. It was not run."
+    return Denial(
+        for_model=f"error: {happened} Do not retry it; tell the user what you would have done "
+        "and that it needs approval.",
+        for_user=happened,
     )

@@ -471,3 +471,24 @@ def test_an_ambiguous_message_to_a_busy_session_waits_its_turn(
     assert [role for role, _ in sent] == ["user", "assistant", "user", "assistant", "user"]
     assert [text for _, text in sent][:3] == ["what is in README.md?", "answer A", "fix it"]
     assert sent[3][1].startswith("What would you like me to fix?")
+
+
+# ------------------------------------------- issue 20: text for the model stays with it
+
+
+def test_a_denied_tool_shows_the_user_what_happened_not_the_models_instructions(
+    make_server: Callable[..., BmoServer], upstream: FakeOpenAI, workspace: Path
+) -> None:
+    server = make_server(config_text=config(upstream, "permission_timeout_s = 1"))
+    upstream.script(
+        ToolCalls([("w1", "write_file", json.dumps({"path": "denied.txt", "content": "x"}))]),
+        Text("I could not write it."),
+    )
+    response = post(server, "write denied.txt", stream=True)
+    shown = content_of(response)
+    assert "not approved" in shown.lower() or "denied" in shown.lower()
+    for instruction in ("Do not retry", "tell the user"):
+        assert instruction not in shown
+    told = upstream.requests[-1]["body"]["messages"][-1]
+    assert told["role"] == "tool" and "Do not retry" in told["content"]
+    assert not (workspace / "denied.txt").exists()

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from app.agent.loop import ClientToolCalls, Done, TextChunk, TurnSpec, run_turn
+from app.agent.loop import ClientToolCalls, Denial, Done, TextChunk, TurnSpec, run_turn
 from app.agent.tools.base import Tool, ToolContext, ToolResult
 from app.agent.tools.registry import ToolRegistry
 from app.providers.base import (
@@ -180,13 +180,15 @@ def test_client_tool_calls_are_passed_through_and_end_the_turn() -> None:
 def test_a_denied_mutating_tool_is_not_run_and_the_model_is_told() -> None:
     tool = Counter(mutating=True)
 
-    async def deny(c: ToolCall, t: Tool) -> str | None:
-        return "error: permission denied for count"
+    async def deny(c: ToolCall, t: Tool) -> Denial | None:
+        return Denial(for_model="error: permission denied for count; do not retry", for_user="denied")
 
     provider = Scripted(("", [call()], "tool_calls"), ("I could not run it", [], "stop"))
     events, sink = run(provider, [tool], authorize=deny)
     assert tool.calls == 0 and sink.tools == [("count", False)]
-    assert provider.requests[1].messages[-1].content == "error: permission denied for count"
+    assert provider.requests[1].messages[-1].content == "error: permission denied for count; do not retry"
+    shown = "".join(e.text for e in events if isinstance(e, TextChunk) and e.activity)
+    assert "denied" in shown and "do not retry" not in shown  # text for the model stays with it
     assert events[-1].outcome == "final_answer"
 
 
