@@ -170,9 +170,9 @@ class TurnRunner:
 def _denied(call: ToolCall, why: str) -> Denial:
     """The model gets its instructions; the user sees only what happened (text for the
     model stays with the model)."""
-    happened = f"Permission denied for {call.name}: {why}. It was not run."
+    happened = f"permission denied for {call.name}: {why}. It was not run."
     return Denial(
         for_model=f"error: {happened} Do not retry it; tell the user what you would have done "
         "and that it needs approval.",
-        for_user=happened,
+        for_user=happened[0].upper() + happened[1:],
     )
