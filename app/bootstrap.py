@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +16,13 @@ from typing import Any
 
 from eventsourcing.domain import DomainEvent
 
+from app.agent.drain import Drain
 from app.agent.lifecycle import RouteDefaults
 from app.agent.permissions import PermissionGate
+from app.agent.question_block import QuestionView
+from app.agent.review_links import ReviewLinks, load_review_secret
 from app.agent.sessions import SessionService
+from app.agent.tools.process_guard import GroupRecords, tool_groups_dir
 from app.agent.tools.registry import ToolRegistry, all_builtin_tools
 from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
@@ -31,6 +36,7 @@ from app.http.app import create_litestar
 from app.http.asgi import BmoAsgi, TokenCheck
 from app.http.deps import HttpDeps
 from app.http.identity import TrustedProxies
+from app.http.stall import StallWatch
 from app.net import is_loopback_host, parse_addr
 from app.projections.db import open_read_db, read_db_path
 from app.projections.follower import ProjectionFollower
@@ -41,6 +47,7 @@ from app.providers.base import ChatProvider
 from app.providers.catalog import ModelCatalog
 from app.providers.local import LocalProvider
 from app.providers.openai import OpenAIProvider
+from app.redaction import Redactor, server_secrets
 from app.telemetry import Records, log_path
 from app.tracing import build_tracing
 
@@ -51,7 +58,7 @@ __all__ = ["Bind", "Runtime", "build_asgi", "is_loopback_host", "parse_addr"]
 class Bind:
     host: str
     port: int
-    token: str | None
+    token_digest: str | None  # SHA-256 hex of the bearer token; the plaintext is never needed here
 
     @property
     def addr(self) -> str:
@@ -59,7 +66,7 @@ class Bind:
         return f"{host}:{self.port}"
 
     def posture(self) -> BindPosture:
-        return BindPosture(addr=self.addr, loopback=is_loopback_host(self.host), auth=bool(self.token))
+        return BindPosture(addr=self.addr, loopback=is_loopback_host(self.host), auth=bool(self.token_digest))
 
 
 @dataclass
@@ -76,10 +83,12 @@ class Runtime:
     providers: list[ChatProvider] = field(default_factory=list)
     mcp: Any = None  # McpHub, imported only when [mcp] servers are configured (slow import)
     sessions: SessionService | None = None
+    drain: Drain = field(default_factory=lambda: Drain(30.0))
     baseline: int = 0  # store head at start: reads wait for the projector to pass it
     _tools: ToolRegistry | None = None
 
     async def start(self) -> None:
+        self.drain.install(asyncio.get_running_loop())
         self.baseline = await asyncio.to_thread(self.store.max_notification_id)
         self.writer.start()
         self.projector.start()
@@ -90,8 +99,8 @@ class Runtime:
         gc.freeze()
 
     async def stop(self) -> None:
-        if self.sessions is not None:
-            await self.sessions.aclose()  # deferred runs end `cancelled`; recovery frees their sessions
+        if self.sessions is not None:  # deferred runs have no connection granian waits for: drain them here
+            await self.sessions.aclose(self._drain_left())
         if self.mcp is not None:
             await self.mcp.aclose()
         await self.writer.close()
@@ -101,11 +110,22 @@ class Runtime:
         self.store.close()
         self.records.close()
 
+    def _drain_left(self) -> float:
+        """Seconds of the shutdown deadline still left (none once it passed or without a signal)."""
+        if self.drain.started_at is None or self.drain.interrupted:
+            return 0.0
+        return max(0.0, self.drain.started_at + self.drain.timeout_s - time.monotonic())
+
     def tools(self) -> ToolRegistry:
         """Built-in tools plus every ready MCP tool (built once MCP servers are up)."""
         if self._tools is None:
             mcp_tools = self.mcp.tools() if self.mcp is not None else []
-            self._tools = ToolRegistry([*all_builtin_tools(), *mcp_tools])
+            builtin = all_builtin_tools(
+                passthrough=self.settings.options.tool_env_passthrough,
+                records=GroupRecords(tool_groups_dir(self.data_dir)),
+            )
+            redact = Redactor(server_secrets(self.settings, os.environ))
+            self._tools = ToolRegistry([*builtin, *mcp_tools], redact)
         return self._tools
 
     async def settle(self, timeout: float = 2.0) -> None:
@@ -141,6 +161,7 @@ def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | N
         executor=Executor(store, writer),
         projector=projector,
         records=records,
+        drain=Drain(settings.options.http_server.shutdown_timeout_s),
     )
 
 
@@ -203,7 +224,11 @@ def build_asgi(
     if settings.mcp:
         from app.agent.mcp import McpHub
 
-        runtime.mcp = McpHub(settings.mcp)
+        runtime.mcp = McpHub(
+            settings.mcp,
+            passthrough=settings.options.tool_env_passthrough,
+            records=GroupRecords(tool_groups_dir(data_dir)),
+        )
     compat = settings.options.openai_compat
     catalog = ModelCatalog(providers, compat.models)
     workspace = Path(settings.options.workspace).expanduser()
@@ -214,8 +239,15 @@ def build_asgi(
         show_tool_activity=compat.show_tool_activity,
     )
     gate = PermissionGate(runtime.executor, runtime.store, timeout_s=compat.permission_timeout_s)
+    links = ReviewLinks(compat.public_url, load_review_secret(data_dir, compat.review_secret))
     turns = TurnRunner(
-        runtime.executor, runtime.tools, workspace, policy, gate, tracing=runtime.records.tracing
+        runtime.executor,
+        runtime.tools,
+        workspace,
+        policy,
+        gate,
+        tracing=runtime.records.tracing,
+        questions=QuestionView(links, compat.permission_timeout_s),
     )
     defaults = RouteDefaults(
         tool_policy=compat.tool_policy,
@@ -245,14 +277,17 @@ def build_asgi(
         sessions=runtime.sessions,
         tracing=runtime.records.tracing,
         settle=runtime.settle,
+        drain=runtime.drain,
     )
     inner = create_litestar(deps, on_startup=[runtime.start], on_shutdown=[runtime.stop], version=version)
     return BmoAsgi(
         inner,
-        tokens=TokenCheck(bind.token),
+        tokens=TokenCheck.from_digest(bind.token_digest),
         executor=runtime.executor,
         records=runtime.records,
         defaults=defaults,
         session_fallbacks=compat.session_header_fallbacks,
         proxies=proxies,
+        drain=runtime.drain,
+        stalls=StallWatch(settings.options.http_server.stall_timeout_s),
     )

@@ -60,6 +60,10 @@ class HttpServer(_Config):
     addr: str = "127.0.0.1:9000"
     auth_token: str | None = None
     allow_no_auth: bool = False
+    # SIGTERM/SIGINT: runs in flight may finish this long, then end `error_500` (reason `interrupted`)
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # a client that reads nothing for this long is disconnected (run `cancelled`, recorded); 0 = never
+    stall_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
 class OpenAICompat(_Config):
@@ -76,6 +80,8 @@ class OpenAICompat(_Config):
     max_steps: Annotated[int, msgspec.Meta(ge=1)] = 25
     task_header: str | None = None
     router_model: str | None = None  # model id for the model-based ambiguity classifier
+    public_url: str = ""  # base URL a user's browser reaches bmo at: review links in question blocks
+    review_secret: str | None = None  # HMAC key for review links (default: a file under the data dir)
 
 
 class Otel(_Config):
@@ -92,9 +98,15 @@ class Store(_Config):
     url: str = ""  # empty = SQLite under the data dir
 
 
+_EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class Options(_Config):
     model: str = "bmo/local"
     workspace: str = "."
+    # environment variables tool processes (bash, kubectl, stdio MCP servers) get on top of
+    # a small base (PATH, HOME, LANG, LC_*, TMPDIR, TERM, USER, SHELL, ...)
+    tool_env_passthrough: tuple[_EnvName, ...] = ()
     http_server: HttpServer = msgspec.field(default_factory=HttpServer)
     openai_compat: OpenAICompat = msgspec.field(default_factory=OpenAICompat)
     telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
@@ -494,6 +506,16 @@ def _blame(layers: Sequence[tuple[Path, dict[str, Any]]], keys: tuple[str, ...])
 
 
 def _check_semantics(settings: Settings) -> None:
+    public_url = settings.options.openai_compat.public_url
+    if public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", public_url):
+        keys = ("options", "openai_compat", "public_url")
+        raise _Problem(
+            keys, f"{_dotted(keys)} must be an http(s) URL without query, e.g. http://localhost:9000"
+        )
+    secret = settings.options.openai_compat.review_secret
+    if secret is not None and len(secret) < 16:
+        keys = ("options", "openai_compat", "review_secret")
+        raise _Problem(keys, f"{_dotted(keys)} must be at least 16 characters")
     for name, server in settings.mcp.items():
         if not server.enabled:
             continue

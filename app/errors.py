@@ -15,6 +15,7 @@ __all__ = [
     "Conflict",
     "HeadersTooLarge",
     "InternalError",
+    "Interrupted",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
@@ -51,6 +52,11 @@ class BmoError(Exception):
         self.extra = extra or {}
         self.headers = headers or {}
         self.outcome = outcome  # the ledger outcome, when the status alone does not say it
+
+    @property
+    def ledger_error(self) -> str:
+        """What the run's terminal event records as its error (the client's message, unless a reason)."""
+        return self.message
 
 
 class InvalidRequest(BmoError):
@@ -138,6 +144,20 @@ class ServiceUnavailable(BmoError):
     status = 503
     type = "server_error"
     default_code = "unavailable"
+
+
+class Interrupted(ServiceUnavailable):
+    """The shutdown deadline passed with this run in flight; recorded as recovery records it."""
+
+    default_code = "server_shutting_down"
+    REASON: ClassVar[str] = "interrupted"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, outcome="error_500")
+
+    @property
+    def ledger_error(self) -> str:
+        return self.REASON
 
 
 class ProviderTimeout(BmoError):

@@ -19,9 +19,9 @@ def details_block(call: ToolCall, result: ToolResult) -> str:
         arguments = json.loads(call.arguments or "{}")
     except json.JSONDecodeError:
         arguments = call.arguments
-    shown = result.content
+    shown = result.shown if result.shown is not None else result.content
     if len(shown) > RESULT_PREVIEW:
-        shown = shown[:RESULT_PREVIEW] + f"\n… ({len(result.content) - RESULT_PREVIEW} more characters)"
+        shown = shown[:RESULT_PREVIEW] + f"\n… ({len(shown) - RESULT_PREVIEW} more characters)"
     attrs = {
         "type": "tool_calls",
         "done": "true",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
+from app.agent.drain import Drain
 from app.commands import CancelRun, FinishRun, FireRun
 from app.commands.execute import Executor
 from app.commands.note_run import IgnoreRequester
@@ -57,6 +58,7 @@ class RequestLifecycle:
     ignored_identity: tuple[str, ...] = ()  # identity headers from an untrusted peer
     forced_outcome: str | None = None  # set by an error that names its outcome
     on_finish: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    drain: Drain | None = None  # the serving process's shutdown: a run in flight ends at its deadline
 
     @property
     def run_id(self) -> UUID:
@@ -66,7 +68,7 @@ class RequestLifecycle:
         return (time.perf_counter() - self.started) * 1000.0
 
     def note_error(self, error: BmoError) -> None:
-        self.error = error.message
+        self.error = error.ledger_error
         if error.outcome:
             self.forced_outcome = error.outcome
 

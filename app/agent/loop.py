@@ -12,12 +12,13 @@ exhausted without a later success end the run `k8s_retry_failed`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.agent import guards
 from app.agent.activity import details_block
+from app.agent.approval import arguments_digest
 from app.agent.tools.base import Tool, ToolContext, ToolResult
 from app.agent.tools.registry import ToolRegistry
 from app.providers.base import (
@@ -34,10 +35,11 @@ from app.providers.base import (
 
 __all__ = [
     "AgentEvent",
+    "Approved",
     "ClientToolCalls",
-    "Denial",
     "Done",
     "Progress",
+    "Refused",
     "StepSink",
     "TextChunk",
     "TurnSpec",
@@ -46,20 +48,28 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Denial:
-    """A tool call that may not run: what the model is told, and what the user is shown."""
-
-    for_model: str  # the tool result, with instructions for the model
-    for_user: str  # the activity block: what happened, no instructions meant for the model
-
-
-Authorize = Callable[[ToolCall, Tool], Awaitable[Denial | None]]  # None = allowed
-
-
-@dataclass(frozen=True, slots=True)
 class TextChunk:
     text: str
     activity: bool = False  # a tool-activity block, not model text
+    transient: bool = False  # shown on this wire only: rebuilt from events on replay, never recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Approved:
+    """The call may run, exactly as given (canonical arguments when a question was asked)."""
+
+    call: ToolCall
+    digest: str = ""  # the approved arguments digest; "" when no question was needed
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    for_model: str  # the tool result the model reads
+    for_user: str  # the short factual line a human sees in the tool block
+
+
+# An authorization streams what the person should see while it waits, then ends with its verdict.
+Authorize = Callable[[ToolCall, Tool], AsyncIterator["TextChunk | Approved | Refused"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +104,8 @@ class StepSink(Protocol):
     ) -> None: ...
 
 
-async def _allow_all(_call: ToolCall, _tool: Tool) -> Denial | None:
-    return None
+async def _allow_all(call: ToolCall, _tool: Tool) -> AsyncIterator[TextChunk | Approved | Refused]:
+    yield Approved(call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,29 +235,42 @@ async def _run_tool(
     spec: TurnSpec, sink: StepSink, turn: _Turn, step: int, call: ToolCall
 ) -> AsyncIterator[TextChunk]:
     started = time.perf_counter()
-    result, shown = await _execute(spec, turn, call)
+    result = ToolResult(ok=False, content="error: the tool call was not executed")
+    async for item in _execute(spec, turn, call):
+        if isinstance(item, TextChunk):
+            yield item
+        else:
+            result = item
     await sink.tool_called(
         step=step, call=call, result=result, duration_ms=(time.perf_counter() - started) * 1000
     )
     if call.name == "kubectl":
         turn.k8s_failed = result.error_kind == "k8s_retry_exhausted"
     if spec.show_tool_activity:
-        yield TextChunk(details_block(call, shown), activity=True)
+        yield TextChunk(details_block(call, result), activity=True)
     turn.history.append(ChatMessage("tool", result.content, tool_call_id=call.id, name=call.name))
 
 
-async def _execute(spec: TurnSpec, turn: _Turn, call: ToolCall) -> tuple[ToolResult, ToolResult]:
-    """The result the model gets, and the one the user is shown (they differ for a denial)."""
+async def _execute(spec: TurnSpec, turn: _Turn, call: ToolCall) -> AsyncIterator[TextChunk | ToolResult]:
+    """Authorize, then run exactly the approved call; re-check its digest right before it runs."""
     if turn.repeats.note(call) >= guards.REPEAT_LIMIT:
-        looped = ToolResult(ok=False, content=guards.loop_note(call), error_kind="loop_detected")
-        return looped, looped
+        yield ToolResult(ok=False, content=guards.loop_note(call), error_kind="loop_detected")
+        return
     tool = spec.tools.get(call.name)
-    if tool is not None:
-        denial = await spec.authorize(call, tool)
-        if denial is not None:
-            return (
-                ToolResult(ok=False, content=denial.for_model, error_kind="permission_denied"),
-                ToolResult(ok=False, content=denial.for_user, error_kind="permission_denied"),
-            )
-    result = await spec.tools.execute(call, spec.tool_context)
-    return result, result
+    if tool is None:
+        yield await spec.tools.execute(call, spec.tool_context)
+        return
+    verdict: Approved | Refused = Refused("error: no permission decision was made.", "Not run: no decision.")
+    async for item in spec.authorize(call, tool):
+        if isinstance(item, TextChunk):
+            yield item
+        else:
+            verdict = item
+    if isinstance(verdict, Refused):
+        yield ToolResult(False, verdict.for_model, "permission_denied", shown=verdict.for_user)
+        return
+    if verdict.digest and arguments_digest(verdict.call.name, verdict.call.arguments) != verdict.digest:
+        note = "Not run: its arguments differ from the ones approved."
+        yield ToolResult(False, f"error: {call.name} was not run: {note}", "permission_denied", shown=note)
+        return
+    yield await spec.tools.execute(verdict.call, spec.tool_context)

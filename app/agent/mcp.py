@@ -18,11 +18,14 @@ that the first call after a death may spend up to `timeout` on one reconnect
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import anyio
@@ -33,6 +36,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from app.agent.mcp_tool import McpTool, render_result, tool_name, unavailable
 from app.agent.tools.base import Tool, ToolResult
+from app.agent.tools.environment import tool_environment
+from app.agent.tools.process_guard import MARKER_VAR, GroupRecords, launcher_argv
 from app.config import McpServer
 
 __all__ = ["MAX_RESTARTS", "McpHub"]
@@ -61,12 +66,31 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def _open_session(stack: AsyncExitStack, cfg: McpServer, errlog: TextIO) -> ClientSession:
+@dataclass(frozen=True, slots=True)
+class _Spawn:
+    """How stdio servers are started: their environment's passthrough names and group records."""
+
+    passthrough: tuple[str, ...] = ()
+    records: GroupRecords | None = None
+
+
+async def _open_session(
+    stack: AsyncExitStack, cfg: McpServer, errlog: TextIO, spawn: _Spawn
+) -> ClientSession:
     if cfg.type == "stdio":
-        params = StdioServerParameters(
-            command=cfg.command, args=list(cfg.args), env={**os.environ, **cfg.env}
-        )
+        # The scrubbed base plus the server's own `env` table; never this process's secrets.
+        # The launcher arms the parent-death signal; the marker and record let the next
+        # start reap a server that outlived a killed bmo.
+        marker = GroupRecords.new_marker()
+        env = tool_environment(os.environ, spawn.passthrough, overrides={**cfg.env, MARKER_VAR: marker})
+        if shutil.which(cfg.command, path=env.get("PATH")) is None:  # the launcher would hide this
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cfg.command)
+        command, args = launcher_argv(cfg.command, list(cfg.args))
+        params = StdioServerParameters(command=command, args=args, env=env)
         streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+        if spawn.records is not None:
+            record = spawn.records.add(marker)
+            stack.callback(spawn.records.remove, record)
     elif cfg.type == "http":
         timeout = httpx2.Timeout(30.0, read=max(300.0, cfg.timeout))
         client = await stack.enter_async_context(httpx2.AsyncClient(headers=cfg.headers, timeout=timeout))
@@ -96,10 +120,11 @@ async def _list_tools(session: ClientSession) -> list[types.Tool]:
 class _Connection:
     """One live session, owned by its own task (see the module docstring)."""
 
-    def __init__(self, label: str, cfg: McpServer, errlog: TextIO) -> None:
+    def __init__(self, label: str, cfg: McpServer, errlog: TextIO, spawn: _Spawn) -> None:
         self._label = label
         self._cfg = cfg
         self._errlog = errlog
+        self._spawn = spawn
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.session: ClientSession | None = None
@@ -122,7 +147,7 @@ class _Connection:
     async def _own(self, ready: asyncio.Future[list[types.Tool]]) -> None:
         try:
             async with AsyncExitStack() as stack:
-                session = await _open_session(stack, self._cfg, self._errlog)
+                session = await _open_session(stack, self._cfg, self._errlog, self._spawn)
                 tools = await _list_tools(session)
                 self.session = session
                 ready.set_result(tools)
@@ -158,8 +183,9 @@ class _Connection:
 class _Server:
     """One configured server: its status, tools and current connection."""
 
-    def __init__(self, server_id: str, cfg: McpServer, errlog: TextIO | None) -> None:
+    def __init__(self, server_id: str, cfg: McpServer, errlog: TextIO | None, spawn: _Spawn) -> None:
         self.id = server_id
+        self._spawn = spawn
         self.cfg = cfg
         self.status = "failed: not started" if cfg.enabled else "disabled"
         self.remote_tools: list[types.Tool] = []
@@ -183,7 +209,7 @@ class _Server:
             self.status = "ready"
 
     async def _connect(self) -> list[types.Tool]:
-        conn = _Connection(self.id, self.cfg, self._errlog or sys.stderr)
+        conn = _Connection(self.id, self.cfg, self._errlog or sys.stderr, self._spawn)
         try:
             tools = await conn.open()
         except BaseException:
@@ -264,9 +290,19 @@ class _Server:
 class McpHub:
     """Every configured MCP server; `start` once, hand `tools()` to the registry, `aclose` at the end."""
 
-    def __init__(self, servers: Mapping[str, McpServer], *, errlog: TextIO | None = None) -> None:
-        """``errlog`` receives stdio servers' stderr (default: this process's stderr)."""
-        self._servers = {sid: _Server(sid, cfg, errlog) for sid, cfg in servers.items()}
+    def __init__(
+        self,
+        servers: Mapping[str, McpServer],
+        *,
+        errlog: TextIO | None = None,
+        passthrough: Iterable[str] = (),
+        records: GroupRecords | None = None,
+    ) -> None:
+        """``errlog`` receives stdio servers' stderr (default: this process's stderr);
+        ``passthrough`` names environment variables stdio servers get on top of the base;
+        ``records`` keeps their group records for the orphan sweep."""
+        spawn = _Spawn(tuple(passthrough), records)
+        self._servers = {sid: _Server(sid, cfg, errlog, spawn) for sid, cfg in servers.items()}
 
     async def start(self) -> None:
         """Connect every enabled server concurrently; failures only show in `status`."""

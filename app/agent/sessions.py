@@ -36,7 +36,7 @@ from app.commands.follow_history import FollowClientHistory
 from app.commands.note_run import NoteDivergence
 from app.commands.queue_run import QueueRun
 from app.commands.release_run import ReleaseRun
-from app.errors import BmoError
+from app.errors import BmoError, Interrupted
 from app.events.run import Fired, Queued
 from app.events.session import RunActivated, RunQueued, SessionState, session_uuid
 from app.events.store import EventStore
@@ -255,7 +255,10 @@ class SessionService:
         except PersistFailed:  # the run still answers the client's history; the next turn re-diverges
             log.warning("could not record the divergence of session %s", lifecycle.session_id)
 
-    async def aclose(self) -> None:
+    async def aclose(self, drain_s: float = 0.0) -> None:
+        """Let deferred runs finish for up to `drain_s`, then end the rest (reason `interrupted`)."""
+        if self._background and drain_s > 0:
+            await asyncio.wait(list(self._background), timeout=drain_s)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -380,8 +383,8 @@ class SessionService:
                     done = event
             outcome = done.outcome if done else "error_500"
             await lifecycle.finish(outcome, 200, finish_reason=done.finish_reason if done else "")
-        except asyncio.CancelledError:
-            lifecycle.finish_later("cancelled", 499, error="server shutting down", by="server")
+        except asyncio.CancelledError:  # only the server's shutdown cancels a deferred run
+            lifecycle.finish_later("error_500", 500, error=Interrupted.REASON)
             raise
         except Exception as exc:  # a deferred run has no client to tell: record it
             error = exc if isinstance(exc, BmoError) else None

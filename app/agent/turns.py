@@ -17,15 +17,17 @@ from uuid import UUID
 
 from app.agent.loop import (
     AgentEvent,
+    Approved,
     ClientToolCalls,
-    Denial,
     Done,
     Progress,
+    Refused,
     TextChunk,
     TurnSpec,
     run_turn,
 )
-from app.agent.permissions import PermissionGate
+from app.agent.permissions import Decision, PermissionGate
+from app.agent.question_block import QuestionView, decision_line
 from app.agent.recorder import RunRecorder
 from app.agent.router import RESEARCH_PROMPT
 from app.agent.tools.base import Tool, ToolContext
@@ -85,6 +87,7 @@ class TurnRunner:
         gate: PermissionGate,
         *,
         tracing: Tracing | None = None,
+        questions: QuestionView | None = None,
     ) -> None:
         self._executor = executor
         self._tracing = tracing if tracing is not None else Tracing()
@@ -92,6 +95,7 @@ class TurnRunner:
         self._context = ToolContext(workspace=workspace.resolve())
         self._policy = policy
         self._gate = gate
+        self.questions = questions or QuestionView(None, gate.timeout_s)
 
     async def run(
         self,
@@ -110,10 +114,11 @@ class TurnRunner:
             await self._executor.execute(
                 StartRun(run_id=run_id, at=datetime.now(UTC), model=model.id, message_count=len(messages))
             )
-            async for event in run_turn(self._spec(run_id, model, messages, options), recorder):
+            async for event in run_turn(self._spec(run_id, model, messages, options, recorder), recorder):
                 if isinstance(event, TextChunk):
-                    await recorder.content(event.text)
-                    if not event.activity:
+                    if not event.transient:  # rebuilt from its events on replay: never stored
+                        await recorder.content(event.text)
+                    if not event.activity and not event.transient:
                         result.texts.append(event.text)
                 elif isinstance(event, ClientToolCalls):
                     result.client_calls = event.calls
@@ -130,7 +135,12 @@ class TurnRunner:
             self._tracing.turn_ended(run_id.hex, done.outcome if done is not None else None)
 
     def _spec(
-        self, run_id: UUID, model: ResolvedModel, messages: tuple[ChatMessage, ...], options: TurnOptions
+        self,
+        run_id: UUID,
+        model: ResolvedModel,
+        messages: tuple[ChatMessage, ...],
+        options: TurnOptions,
+        recorder: RunRecorder,
     ) -> TurnSpec:
         tools = self._tools()
         if options.mode == "research":  # investigate, change nothing
@@ -139,17 +149,27 @@ class TurnRunner:
         auto = self._policy.tool_policy == "auto_approve"
         client_tools = tuple(t for t in options.client_tools if t.name not in tools) if auto else ()
 
-        async def authorize(call: ToolCall, tool: Tool) -> Denial | None:
+        async def authorize(call: ToolCall, tool: Tool) -> AsyncIterator[TextChunk | Approved | Refused]:
             if not tool.mutating or auto or call.name in self._policy.allowed_tools:
-                return None
+                yield Approved(call)
+                return
+            await recorder.flush()  # the question lands after what the client already saw
             try:
-                decision = await self._gate.ask(run_id, call)
+                opened = await self._gate.open(run_id, call)
             except PersistFailed:  # nobody could see the question: deny rather than wait
-                return _denied(call, "the permission question could not be recorded")
-            if decision.allowed:
-                return None
-            timed_out = decision.decided_by == "timeout"
-            return _denied(call, "no operator answered in time" if timed_out else "an operator denied it")
+                yield Refused(
+                    f"error: permission denied for {call.name}: the question could not be recorded.",
+                    "Not run: the permission question could not be recorded.",
+                )
+                return
+            if isinstance(opened, Decision):  # a standing grant, or the run already ended
+                yield _verdict(call, opened, self._gate.timeout_s)
+                return
+            if options.stream:  # a JSON answer comes too late for a question: it gets the outcome line
+                yield TextChunk(self.questions.block(opened.asked), transient=True)
+            decision = await self._gate.wait(run_id, opened)
+            yield TextChunk(_line(decision, self._gate.timeout_s), transient=True)
+            yield _verdict(call, decision, self._gate.timeout_s)
 
         return TurnSpec(
             provider=model.provider,
@@ -167,12 +187,25 @@ class TurnRunner:
         )
 
 
-def _denied(call: ToolCall, why: str) -> Denial:
-    """The model gets its instructions; the user sees only what happened (text for the
-    model stays with the model)."""
-    happened = f"permission denied for {call.name}: {why}. It was not run."
-    return Denial(
-        for_model=f"error: {happened} Do not retry it; tell the user what you would have done "
-        "and that it needs approval.",
-        for_user=happened[0].upper() + happened[1:],
+def _line(decision: Decision, timeout_s: float) -> str:
+    verb = "allow" if decision.allowed else "deny"
+    return decision_line(
+        verb, decision.decided_by, decision.decided_via, decision.requester, decision.scope, timeout_s
+    )
+
+
+def _verdict(call: ToolCall, decision: Decision, timeout_s: float) -> Approved | Refused:
+    """Allowed: exactly the approved call. Denied: an instruction for the model, a short line for people."""
+    if decision.allowed and decision.call is not None:
+        return Approved(decision.call, decision.digest)
+    why = {"timeout": "no operator answered in time", "run_ended": "the run ended"}.get(
+        decision.decided_by, "an operator denied it"
+    )
+    line = decision_line(
+        "deny", decision.decided_by, decision.decided_via, decision.requester, "once", timeout_s
+    ).strip()
+    return Refused(
+        f"error: permission denied for {call.name}: {why}. It was not run. Do not retry it; "
+        "tell the user what you would have done and that it needs approval.",
+        f"Not run. {line}",
     )

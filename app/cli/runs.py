@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from cyclopts import Parameter
 
+from app.agent.approval import display_arguments
 from app.cli.ledger import open_ledger
 from app.config import ConfigError, data_dir, load_settings
 from app.projections import runs
@@ -57,6 +58,14 @@ def list_runs(
     return 0
 
 
+def _for_terminal(event: dict[str, Any]) -> dict[str, Any]:
+    """A permission question also as a terminal shows it safely: complete, invisibles escaped."""
+    data = event.get("data") or {}
+    if event.get("type") == "PermissionAsked" and isinstance(data.get("arguments"), str):
+        event = {**event, "data": {**data, "arguments_display": display_arguments(data["arguments"])}}
+    return event
+
+
 def events(
     run_id: str,
     *,
@@ -78,7 +87,7 @@ def events(
             return 1
         for event in runs.run_events(conn, request_id, after_version=version):
             version = event["version"]
-            print(json.dumps(event), flush=True)
+            print(json.dumps(_for_terminal(event)), flush=True)
             if event["type"] == "Finished":
                 return 0
         conn.close()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import math
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +15,18 @@ from typing import Annotated
 
 from cyclopts import Parameter
 
-from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROJECTOR, ENV_PROXIES, ENV_TOKEN
+from app.cli.worker import (
+    ENV_ADDR,
+    ENV_CONFIG,
+    ENV_CWD,
+    ENV_PROJECTOR,
+    ENV_PROXIES,
+    ENV_SHUTDOWN,
+    ENV_TOKEN,
+    ENV_TOKEN_DIGEST,
+    settings_env,
+    with_shutdown_timeout,
+)
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
 from app.http.identity import TrustedProxies
@@ -18,15 +34,28 @@ from app.net import is_loopback_host, parse_addr
 
 __all__ = ["BindDecision", "decide_bind", "serve"]
 
+KILL_GRACE_S = 15  # past the drain deadline: time to end runs and flush events, records and spans
+
 LOOPBACK_WARNING = (
     "warning: bmo is listening on a non-loopback address ({addr}). The bearer token is the "
     "only boundary; keep it secret, or put bmo behind a trusted reverse proxy."
 )
 
 
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
 class BindDecision:
-    def __init__(self, host: str, port: int, token: str | None, warnings: list[str]) -> None:
+    def __init__(
+        self, host: str, port: int, token: str | None, warnings: list[str], digest: str | None = None
+    ) -> None:
         self.host, self.port, self.token, self.warnings = host, port, token, warnings
+        # SHA-256 (hex) of the token: all a serving process keeps
+        self.digest = digest or (hashlib.sha256(token.encode()).hexdigest() if token else None)
+
+    @property
+    def auth(self) -> bool:
+        return self.digest is not None
 
 
 def decide_bind(
@@ -35,20 +64,25 @@ def decide_bind(
     """Pure: the bind, the token and warnings; ValueError says how to fix a refusal."""
     server = settings.options.http_server
     host, port = parse_addr(addr or server.addr)
-    token = token or env.get(ENV_TOKEN) or server.auth_token or None
+    token = token or env.get(ENV_TOKEN) or None
+    digest = None if token else env.get(ENV_TOKEN_DIGEST) or None
+    if digest is not None and not _HEX_DIGEST.fullmatch(digest):
+        raise ValueError(f"{ENV_TOKEN_DIGEST} must be 64 lowercase hex digits (a SHA-256 of the token)")
+    if token is None and digest is None:
+        token = server.auth_token or None
     allow = allow_no_auth or server.allow_no_auth
     loopback = is_loopback_host(host)
-    if token is None and not allow:
+    if token is None and digest is None and not allow:
         raise ValueError(
             "refusing to start without authentication: pass --auth-token TOKEN "
             "(or set BMO_AUTH_TOKEN), or pass --allow-no-auth to serve unauthenticated on loopback."
         )
-    if token is None and not loopback:
+    if token is None and digest is None and not loopback:
         raise ValueError(
             f"refusing --allow-no-auth on non-loopback address {host}: bind 127.0.0.1 or set --auth-token."
         )
     warnings = [] if loopback else [LOOPBACK_WARNING.format(addr=f"{host}:{port}")]
-    return BindDecision(host, port, token, warnings)
+    return BindDecision(host, port, token, warnings, digest)
 
 
 def serve(
@@ -66,12 +100,19 @@ def serve(
     config: Annotated[
         Path | None, Parameter(help="An extra config file, on top of the layered ones.")
     ] = None,
+    shutdown_timeout: Annotated[
+        float | None,
+        Parameter(
+            help="Seconds runs in flight may finish after SIGTERM/SIGINT before they are ended "
+            "(default from config: 30). A second signal ends them at once."
+        ),
+    ] = None,
 ) -> int:
     """Start the HTTP server (granian) on the resolved configuration."""
     env = dict(os.environ)
     cwd = Path.cwd()
     try:
-        settings = load_settings(cwd=cwd, env=env, extra=config)
+        settings = load_settings(cwd=cwd, env=settings_env(env), extra=config)
         bind = decide_bind(settings, addr=addr, token=auth_token, allow_no_auth=allow_no_auth, env=env)
         TrustedProxies.parse(env.get(ENV_PROXIES))  # refuse to start on a bad entry
     except (ConfigError, ValueError) as exc:
@@ -80,6 +121,21 @@ def serve(
     if workers < 1:
         print("bmo serve: --workers must be at least 1", file=sys.stderr)
         return 2
+    if shutdown_timeout is not None:
+        if shutdown_timeout < 0:
+            print("bmo serve: --shutdown-timeout must be 0 or more seconds", file=sys.stderr)
+            return 2
+        settings = with_shutdown_timeout(settings, shutdown_timeout)
+        os.environ[ENV_SHUTDOWN] = repr(shutdown_timeout)
+    if auth_token is not None or env.get(ENV_TOKEN):
+        _reexec_without_token(
+            bind,
+            addr=addr,
+            workers=workers,
+            config=config,
+            allow_no_auth=allow_no_auth,
+            shutdown_timeout=shutdown_timeout,
+        )
     for warning in bind.warnings:
         print(warning, file=sys.stderr)
     if env.get(ENV_FAULTS):
@@ -93,18 +149,19 @@ def serve(
     projector = _start_projector(settings)
     print(
         f"bmo: serving on http://{bind.host}:{bind.port}/v1 "
-        f"(auth {'on' if bind.token else 'off'}, data {data_dir(env)}, workers {workers})",
+        f"(auth {'on' if bind.auth else 'off'}, data {data_dir(env)}, workers {workers})",
         file=sys.stderr,
         flush=True,
     )
     try:
-        return _run_granian(bind, workers)
+        return _run_granian(bind, workers, settings.options.http_server.shutdown_timeout_s)
     finally:
         _stop_projector(projector)
 
 
 def _recover(settings: Settings, data: Path) -> None:
-    """Before workers start: close the runs a crashed process left open."""
+    """Before workers start: kill the tool processes and close the runs a crashed process left."""
+    from app.agent.tools.process_guard import reap_orphans, tool_groups_dir
     from app.events.store import open_event_store
     from app.projections.db import read_db_path
     from app.recovery import sweep_interrupted
@@ -113,6 +170,19 @@ def _recover(settings: Settings, data: Path) -> None:
     store = open_event_store(data)
     records = Records(log_path(data))
     try:
+        for group in reap_orphans(tool_groups_dir(data)):
+            records.emit(
+                "warning",
+                "tools.orphans_reaped",
+                group=group.marker,
+                pids=list(group.pids),
+                commands=list(group.commands),
+            )
+            print(
+                f"bmo: killed {len(group.pids)} tool process(es) left by a server that died: "
+                + "; ".join(f"{pid} {cmd}" for pid, cmd in zip(group.pids, group.commands, strict=True)),
+                file=sys.stderr,
+            )
         swept = sweep_interrupted(
             store, read_db_path(data), records, settings.options.openai_compat.ledger_capacity
         )
@@ -130,6 +200,7 @@ def _start_projector(settings: Settings) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "app", "projections", "run", "--ledger-capacity", capacity],
         stdin=subprocess.PIPE,  # closing it (or our death) tells the projector to finish
+        start_new_session=True,  # a terminal's Ctrl-C must not stop it before the workers' last events
     )
 
 
@@ -148,17 +219,49 @@ def _export(bind: BindDecision, config: Path | None, cwd: Path) -> None:
     os.environ[ENV_CWD] = str(cwd)
     if config is not None:
         os.environ[ENV_CONFIG] = str(config.resolve())
-    if bind.token:
-        os.environ[ENV_TOKEN] = bind.token
+    os.environ.pop(ENV_TOKEN, None)
+    if bind.digest:
+        os.environ[ENV_TOKEN_DIGEST] = bind.digest
     else:
-        os.environ.pop(ENV_TOKEN, None)
+        os.environ.pop(ENV_TOKEN_DIGEST, None)
 
 
-def _run_granian(bind: BindDecision, workers: int) -> int:
-    from granian import Granian
+def _reexec_without_token(
+    bind: BindDecision,
+    *,
+    addr: str | None,
+    workers: int,
+    config: Path | None,
+    allow_no_auth: bool,
+    shutdown_timeout: float | None,
+) -> None:
+    """Become `bmo serve` again with the token's digest instead of the token.
+
+    A token given as `--auth-token` or `BMO_AUTH_TOKEN` stays readable in this process's
+    /proc/<pid>/cmdline and /proc/<pid>/environ (and in every forked worker's) for as long
+    as it runs, where any tool process could print it. exec replaces both; the pid stays.
+    """
+    argv = [sys.executable, "-m", "app", "serve", "--workers", str(workers)]
+    if addr is not None:
+        argv += ["--addr", addr]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if allow_no_auth:
+        argv.append("--allow-no-auth")
+    if shutdown_timeout is not None:
+        argv += ["--shutdown-timeout", repr(shutdown_timeout)]
+    env = {k: v for k, v in os.environ.items() if k != ENV_TOKEN}
+    assert bind.digest is not None
+    env[ENV_TOKEN_DIGEST] = bind.digest
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+def _run_granian(bind: BindDecision, workers: int, shutdown_timeout_s: float) -> int:
     from granian.constants import Interfaces
 
-    server = Granian(
+    server = _granian_class()(
         "app.cli.worker:asgi",
         address=bind.host,
         port=bind.port,
@@ -172,6 +275,27 @@ def _run_granian(bind: BindDecision, workers: int) -> int:
         backlog=4096,
         backpressure=4096,
         websockets=False,
+        # Workers drain for shutdown_timeout_s, then end their runs and flush; kill only if that hangs.
+        workers_kill_timeout=math.ceil(shutdown_timeout_s) + KILL_GRACE_S,
     )
     server.serve()
     return 0
+
+
+def _granian_class() -> type:
+    """granian's server, passing a second SIGTERM/SIGINT on to the workers (they end their runs at once).
+
+    granian's main process answers the first signal by sending SIGTERM to each worker and waiting; a
+    second one would otherwise only set a flag it already set.
+    """
+    from granian import Granian
+
+    class DrainingGranian(Granian):  # type: ignore[misc, valid-type]
+        def signal_handler_interrupt(self, *args: object, **kwargs: object) -> None:
+            if self.interrupt_signal:
+                for worker in list(self.wrks):
+                    with contextlib.suppress(OSError, TypeError):  # gone already, or never started
+                        os.kill(worker.inner.pid, signal.SIGTERM)
+            super().signal_handler_interrupt(*args, **kwargs)
+
+    return DrainingGranian

@@ -134,6 +134,10 @@ class Executor:
         self.forget(run_id)
         return await self._state(run_id, _RUN)
 
+    async def current(self, run_id: UUID) -> run_stream.RunState:
+        """A run's state as this process knows it (cached; never drops unsaved writes)."""
+        return await self._state(run_id, _RUN)
+
     async def session_state(self, stream_id: UUID) -> session_stream.SessionState:
         return await self._state(stream_id, _SESSION)
 

@@ -139,21 +139,35 @@ class ContentAppended(DomainEvent):
 
 @dataclass(frozen=True)
 class PermissionAsked(DomainEvent):
-    """A mutating tool waits for an operator's answer (SPEC §5)."""
+    """A mutating tool waits for an operator's answer.
+
+    `arguments` are the complete canonical arguments the tool will run with
+    (see app.agent.approval); `digest` is sha256 over the tool and them, and a
+    decision approves exactly that digest. Events recorded before digests
+    existed read back with the defaults.
+    """
 
     question_id: str
     tool: str
     call_id: str
-    arguments: str  # shown to the operator, truncated: consent needs to see what it allows
+    arguments: str
     expires_at: str
+    digest: str = ""
+    session_id: str = ""
+    requester: str = ""
 
 
 @dataclass(frozen=True)
 class PermissionDecided(DomainEvent):
+    """An answer to a question. The fields after `requester` came later: old events use the defaults."""
+
     question_id: str
     decision: str  # allow | deny
     decided_by: str  # operator | timeout | run_ended
     requester: str
+    decided_via: str = ""  # link | http | tui | timeout | run_ended ("" before it was recorded)
+    digest: str = ""  # the arguments digest this decision approved (or refused)
+    scope: str = "once"  # once | session | run: how far an allow reaches
 
 
 @dataclass(frozen=True)
@@ -241,8 +255,10 @@ class RunState(msgspec.Struct, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     queued: bool = False
+    requester: str = ""
     open_questions: frozenset[str] = frozenset()
     decided_questions: frozenset[str] = frozenset()
+    question_digests: dict[str, str] = msgspec.field(default_factory=dict)  # question id -> digest
 
     @property
     def is_open(self) -> bool:
@@ -260,6 +276,7 @@ def evolve(state: RunState, event: DomainEvent) -> RunState:
                 session_id=event.session_id,
                 model=event.model,
                 fired_at=event.timestamp,
+                requester=event.requester,
             )
         case Queued():
             return replace(state, queued=True)
@@ -273,7 +290,11 @@ def evolve(state: RunState, event: DomainEvent) -> RunState:
                 completion_tokens=state.completion_tokens + event.completion_tokens,
             )
         case PermissionAsked():
-            return replace(state, open_questions=state.open_questions | {event.question_id})
+            return replace(
+                state,
+                open_questions=state.open_questions | {event.question_id},
+                question_digests={**state.question_digests, event.question_id: event.digest},
+            )
         case PermissionDecided():
             return replace(
                 state,

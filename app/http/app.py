@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from litestar import Litestar
+from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.template.config import TemplateConfig
 
 from app.http.chat import ChatController
 from app.http.compat import CompatController
@@ -16,6 +19,7 @@ from app.http.health import HealthController
 from app.http.models import ModelsController
 from app.http.openapi import COMPONENTS
 from app.http.permissions import PermissionsController
+from app.http.review import ReviewController
 
 __all__ = ["MAX_BODY_BYTES", "create_litestar"]
 
@@ -35,8 +39,12 @@ def create_litestar(
             ModelsController,
             CompatController,
             PermissionsController,
+            ReviewController,
             HealthController,
         ],
+        template_config=TemplateConfig(
+            directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine
+        ),
         state=State({"deps": deps}),
         exception_handlers={Exception: exception_handler},
         request_max_body_size=MAX_BODY_BYTES,

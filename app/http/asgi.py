@@ -14,12 +14,14 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from app.agent.drain import Drain
 from app.agent.lifecycle import RequestLifecycle, RouteDefaults
 from app.commands.execute import Executor
 from app.errors import BmoError, HeadersTooLarge, Unauthorized
 from app.http.errors import envelope_bytes, outcome_for_status
 from app.http.identity import TrustedProxies, identify
-from app.http.routes import UNPROTECTED_PATHS, route_name
+from app.http.routes import is_unprotected, route_name
+from app.http.stall import StallWatch
 from app.telemetry import Records
 
 __all__ = ["BmoAsgi", "TokenCheck"]
@@ -48,6 +50,13 @@ class TokenCheck:
     def __init__(self, token: str | None) -> None:
         self._digest = hashlib.sha256(token.encode()).digest() if token else None
 
+    @classmethod
+    def from_digest(cls, hex_digest: str | None) -> TokenCheck:
+        """The check from the token's SHA-256 alone (how `bmo serve` hands it to workers)."""
+        check = cls(None)
+        check._digest = bytes.fromhex(hex_digest) if hex_digest else None
+        return check
+
     @property
     def required(self) -> bool:
         return self._digest is not None
@@ -72,8 +81,12 @@ class BmoAsgi:
         defaults: RouteDefaults,
         session_fallbacks: tuple[str, ...] = (),
         proxies: TrustedProxies | None = None,
+        drain: Drain | None = None,
+        stalls: StallWatch | None = None,
     ) -> None:
         self._inner = inner
+        self._drain = drain
+        self._stalls = stalls
         self._tokens = tokens
         self._executor = executor
         self._records = records
@@ -99,7 +112,9 @@ class BmoAsgi:
                 lifecycle = scope["bmo"] = self._lifecycle(request_id, "unmatched", headers, scope)
             await self._refuse(send, lifecycle, too_large)
             return
-        if scope["path"] not in UNPROTECTED_PATHS and not self._tokens.allows(headers.get(b"authorization")):
+        if self._stalls is not None:
+            send = self._stalls.watch(send, lifecycle)
+        if not is_unprotected(scope["path"]) and not self._tokens.allows(headers.get(b"authorization")):
             if lifecycle is None:  # /schema, /healthz/..: a wrong token is recorded all the same
                 lifecycle = scope["bmo"] = self._lifecycle(request_id, "unmatched", headers, scope)
             await self._refuse(send, lifecycle)
@@ -139,6 +154,7 @@ class BmoAsgi:
             requester=identity.requester.label() if identity.requester else "",
             peer=peer,
             ignored_identity=identity.ignored,
+            drain=self._drain,
         )
 
     def _session_id(self, headers: dict[bytes, bytes]) -> str:

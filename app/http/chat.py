@@ -274,7 +274,7 @@ async def _resume(
     await deps.executor.execute(
         MarkResumed(run_id=lifecycle.run_id, at=datetime.now(UTC), resumed_run=run_id.hex)
     )
-    replay = replay_run(deps.store, run_id)
+    replay = replay_run(deps.store, run_id, questions=deps.turns.questions)
     meta = chat_render.Meta(f"chatcmpl-{run_id.hex}", int(fired.timestamp.timestamp()), fired.model)
     return await chat_render.respond(
         await anext(replay), replay, lifecycle, meta, bool(data.stream), _include_usage(data), watch

@@ -150,13 +150,18 @@ async def complete(
 ) -> Response[Any]:
     texts: list[str] = []
     calls: tuple[ToolCall, ...] = ()
-    event = first
-    while not isinstance(event, Done):
-        if isinstance(event, TextChunk):
-            texts.append(event.text)
-        elif isinstance(event, ClientToolCalls):
-            calls = event.calls
-        event = await anext(events)
+    upcoming = _KeepAlive(events, lifecycle)
+    event: AgentEvent | None = first
+    try:
+        while not isinstance(event, Done):
+            if isinstance(event, TextChunk):
+                texts.append(event.text)
+            elif isinstance(event, ClientToolCalls):
+                calls = event.calls
+            event = await upcoming.next()
+    except BaseException:
+        upcoming.abandon()
+        raise
     await events.aclose()  # type: ignore[attr-defined]
     message = ResponseMessage(
         role="assistant",
@@ -181,7 +186,7 @@ async def stream(
     meta: Meta,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    upcoming = _KeepAlive(events)
+    upcoming = _KeepAlive(events, lifecycle)
     try:
         yield sse.event(meta.chunk(Delta(role="assistant", content="")))
         event: AgentEvent | None = first
@@ -215,26 +220,37 @@ async def stream(
         yield sse.event(envelope(error))
         # finish (and release the session) before [DONE]: a client that leaves on
         # [DONE] must not be able to cancel the release
-        await lifecycle.finish("error_500", error.status, error=error.message)
+        await lifecycle.finish("error_500", error.status, error=error.ledger_error)
         yield sse.DONE
     else:
         await events.aclose()  # type: ignore[attr-defined]
 
 
 class _KeepAlive:
-    """Pulls the next agent event in a task so the stream can say `: keep-alive` meanwhile."""
+    """Pulls the next agent event in a task so the stream can say `: keep-alive` meanwhile.
 
-    def __init__(self, events: AsyncIterator[AgentEvent], every_s: float = KEEP_ALIVE_S) -> None:
+    It also watches the process's shutdown drain: past its deadline, `next` raises `Interrupted`.
+    """
+
+    def __init__(
+        self, events: AsyncIterator[AgentEvent], lifecycle: RequestLifecycle, every_s: float = KEEP_ALIVE_S
+    ) -> None:
         self._events = events
         self._every = every_s
         self._pending: asyncio.Task[AgentEvent] | None = None
+        self._drain = lifecycle.drain
 
     async def next(self) -> AgentEvent | None:
         """The next event, or None when `every_s` passed without one."""
         if self._pending is None:
             self._pending = asyncio.ensure_future(anext(self._events))
-        done, _ = await asyncio.wait({self._pending}, timeout=self._every)
-        if not done:
+        waiting: set[asyncio.Future[Any]] = {self._pending}
+        if self._drain is not None:
+            waiting.add(self._drain.future())
+        done, _ = await asyncio.wait(waiting, timeout=self._every, return_when=asyncio.FIRST_COMPLETED)
+        if self._pending not in done:
+            if self._drain is not None and self._drain.interrupted:
+                raise self._drain.error()
             return None
         task, self._pending = self._pending, None
         return task.result()

@@ -153,6 +153,9 @@ async def _follow(deps: HttpDeps, request_id: str) -> AsyncIterator[bytes]:
     version = 0
     idle = 0.0
     while True:
+        if deps.drain is not None and deps.drain.interrupted:  # shutting down: let the worker stop
+            yield sse.DONE
+            return
         rows = runs.run_events(deps.read_conn, request_id, after_version=version)
         for row in rows:
             version = row["version"]

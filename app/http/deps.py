@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.agent.drain import Drain
 from app.agent.turns import TurnRunner
 from app.config import Settings
 from app.events.writer import PersistenceState
@@ -30,3 +31,4 @@ class HttpDeps:
     sessions: Any  # SessionService
     tracing: Any  # Tracing: export counters for posture
     settle: Callable[[], Awaitable[None]]  # let the projector catch up (bounded)
+    drain: Drain | None = None  # the process's shutdown: follow streams end when it interrupts

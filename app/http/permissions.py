@@ -1,43 +1,79 @@
-"""Permission questions: list the pending ones, answer one (SPEC §5)."""
+"""Permission questions: list the pending ones, answer one.
+
+A question shows the complete canonical arguments the tool will run with, a
+rendering with every invisible character made visible, and their sha256
+digest. An answer may name that digest; one that names another is refused
+(409 `digest_mismatch`), so nothing unseen can be approved.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 
+from app.agent.approval import display_arguments
 from app.agent.permissions import answer
 from app.errors import Conflict, NotFound
 from app.http.deps import HttpDeps
 from app.http.openapi import SECURITY, Documented, errors
 from app.projections import permissions
 
-__all__ = ["PermissionsController"]
+__all__ = ["PermissionsController", "Question", "question_view"]
+
+Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="sha256 hex of the arguments")]
 
 
 class PermissionAnswer(msgspec.Struct):
-    decision: Literal["allow", "deny"]
+    decision: Literal["allow", "allow_session", "deny"]
+    digest: Digest | None = None  # the arguments digest the decider saw
+    via: Literal["http", "tui"] = "http"
 
 
 class Question(msgspec.Struct):
     question_id: str
     request_id: str
+    session_id: str | None
     tool: str
     call_id: str
-    arguments: str
+    arguments: str  # complete canonical JSON: exactly what the tool runs with
+    arguments_display: str  # the same, indented, invisible characters escaped, blank runs counted
+    arguments_digest: str  # sha256 hex of tool + "\n" + arguments
+    arguments_truncated: bool  # always false: nothing is ever cut
     asked_at: str
+    asked_by: str | None  # the requester of the run that asks
     expires_at: str
     status: str  # pending | allowed | denied | closed
     decided_by: str | None
-    requester: str | None
+    decided_via: str | None
+    scope: str | None  # once | session | run
+    requester: str | None  # who decided
     decided_at: str | None
 
 
 class QuestionList(msgspec.Struct):
     data: list[Question]
+
+
+def question_view(row: dict[str, Any]) -> Question:
+    fields = dict(row)
+    digest = fields.pop("digest", None) or ""
+    return Question(
+        **fields,
+        arguments_display=display_arguments(fields["arguments"]),
+        arguments_digest=digest,
+        arguments_truncated=False,
+    )
+
+
+_REFUSALS = {
+    "already_decided": "it was already answered",
+    "run_ended": "its run has ended",
+    "digest_mismatch": "the digest does not match its arguments (they are not the ones you reviewed)",
+}
 
 
 class PermissionsController(Controller):
@@ -53,12 +89,12 @@ class PermissionsController(Controller):
     async def pending(self, state: State) -> QuestionList:
         deps: HttpDeps = state.deps
         await deps.settle()
-        return QuestionList(data=[Question(**q) for q in permissions.pending_questions(deps.read_conn)])
+        return QuestionList(data=[question_view(q) for q in permissions.pending_questions(deps.read_conn)])
 
     @post(
         "/{question_id:str}",
         status_code=200,
-        summary="Answer a question: allow or deny",
+        summary="Answer a question: allow, allow_session or deny (optionally bound to the arguments digest)",
         operation_class=Documented,
         responses=errors(
             400,
@@ -68,19 +104,30 @@ class PermissionsController(Controller):
             413,
             500,
             s404="no such question",
-            s409="already answered, or its run has ended",
+            s409="already answered, its run has ended, or the digest does not match",
         ),
     )
-    async def decide(self, state: State, question_id: str, data: PermissionAnswer) -> Question:
+    async def decide(
+        self, state: State, request: Request[Any, Any, Any], question_id: str, data: PermissionAnswer
+    ) -> Question:
         deps: HttpDeps = state.deps
         await deps.settle()
         question = permissions.get_question(deps.read_conn, question_id)
         if question is None:
             raise NotFound(f"No permission question '{question_id}'.", param="question_id")
-        result = await answer(deps.executor, UUID(hex=question["request_id"]), question_id, data.decision)
+        lifecycle = request.scope.get("bmo")  # type: ignore[call-overload]
+        result = await answer(
+            deps.executor,
+            UUID(hex=question["request_id"]),
+            question_id,
+            "deny" if data.decision == "deny" else "allow",
+            lifecycle.requester if lifecycle is not None else "",
+            via=data.via,
+            digest=data.digest or "",
+            session_wide=data.decision == "allow_session",
+        )
         if result != "decided":
-            status = "it was already answered" if result == "already_decided" else "its run has ended"
-            raise Conflict(f"Question '{question_id}' cannot be answered: {status}.", code=result)
+            raise Conflict(f"Question '{question_id}' cannot be answered: {_REFUSALS[result]}.", code=result)
         await deps.settle()
         fresh = permissions.get_question(deps.read_conn, question_id) or question
-        return Question(**fresh)
+        return question_view(fresh)

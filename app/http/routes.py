@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["UNPROTECTED_PATHS", "route_name"]
+__all__ = ["UNPROTECTED_PATHS", "is_unprotected", "route_name"]
 
 _SLASHES = re.compile(r"/{2,}")
 UNPROTECTED_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no token
 _UNRECORDED_PREFIXES = ("/healthz", "/readyz", "/schema")
+_CAPABILITY_PREFIX = "/review/"  # the review page checks its own capability token
+
+
+def is_unprotected(path: str) -> bool:
+    """Probes carry no token; the review page is opened from a browser with a capability link."""
+    return path in UNPROTECTED_PATHS or path.startswith(_CAPABILITY_PREFIX)
+
 
 _EXACT = {
     "/v1/chat/completions": "chat_completions",
@@ -35,6 +42,8 @@ def route_name(path: str) -> str | None:
         return "run_events_list"
     if path.startswith("/v1/permissions"):
         return "permissions"
+    if path.startswith(_CAPABILITY_PREFIX):
+        return "permission_review"
     if path.startswith(_UNRECORDED_PREFIXES):
         return None
     return "unmatched"

@@ -11,7 +11,7 @@ from pathlib import Path
 import sqlite_utils
 
 from app.projections.counts import COUNTS_SCHEMA
-from app.projections.permissions import PERMISSIONS_SCHEMA
+from app.projections.permissions import PERMISSIONS_SCHEMA, add_missing_columns
 from app.projections.runs import RUNS_SCHEMA
 
 __all__ = ["TRACKING_SCHEMA", "open_read_db", "read_db_path", "reset_read_models"]
@@ -36,6 +36,7 @@ def open_read_db(path: Path) -> sqlite_utils.Database:
     db.enable_wal()
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(RUNS_SCHEMA + COUNTS_SCHEMA + PERMISSIONS_SCHEMA + TRACKING_SCHEMA)
+    add_missing_columns(conn)
     return db
 
 

@@ -1,4 +1,4 @@
-"""Permission questions: pending ones for `GET /v1/permissions` and the TUI."""
+"""Permission questions: pending ones for `GET /v1/permissions`, the TUI and the review page."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from eventsourcing.domain import DomainEvent
 from app.events.run import Finished, PermissionAsked, PermissionDecided
 from app.projections.rows import Insert, RowOp, UpdateWhere
 
-__all__ = ["PERMISSIONS_SCHEMA", "get_question", "pending_questions", "project"]
+__all__ = ["PERMISSIONS_SCHEMA", "add_missing_columns", "get_question", "pending_questions", "project"]
 
 PERMISSIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS permission_questions (
@@ -23,15 +23,30 @@ CREATE TABLE IF NOT EXISTS permission_questions (
     status TEXT NOT NULL,
     decided_by TEXT,
     requester TEXT,
-    decided_at TEXT
+    decided_at TEXT,
+    digest TEXT,
+    session_id TEXT,
+    asked_by TEXT,
+    decided_via TEXT,
+    scope TEXT
 );
 CREATE INDEX IF NOT EXISTS permission_status ON permission_questions (status, asked_at);
 """
 
+# columns added after the first release: an existing read DB gains them (NULL for old rows)
+_LATER_COLUMNS = ("digest", "session_id", "asked_by", "decided_via", "scope")
+
 _COLUMNS = (
     "question_id, request_id, tool, call_id, arguments, asked_at, expires_at, status, "
-    "decided_by, requester, decided_at"
+    "decided_by, requester, decided_at, digest, session_id, asked_by, decided_via, scope"
 )
+
+
+def add_missing_columns(conn: Any) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(permission_questions)")}
+    for column in _LATER_COLUMNS:
+        if column not in have:
+            conn.execute(f"ALTER TABLE permission_questions ADD COLUMN {column} TEXT")
 
 
 def project(event: DomainEvent, position: int) -> list[RowOp]:
@@ -48,6 +63,9 @@ def project(event: DomainEvent, position: int) -> list[RowOp]:
                 "asked_at": at,
                 "expires_at": event.expires_at,
                 "status": "pending",
+                "digest": event.digest,
+                "session_id": event.session_id,
+                "asked_by": event.requester,
             }
             return [Insert("permission_questions", row)]
         case PermissionDecided():
@@ -56,6 +74,8 @@ def project(event: DomainEvent, position: int) -> list[RowOp]:
                 "decided_by": event.decided_by,
                 "requester": event.requester,
                 "decided_at": at,
+                "decided_via": event.decided_via,
+                "scope": event.scope,
             }
             return [UpdateWhere("permission_questions", (("question_id", event.question_id),), values)]
         case Finished():  # a question cannot outlive its run

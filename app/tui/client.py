@@ -149,8 +149,12 @@ class BmoClient:
         rows = body.get("data") if isinstance(body, dict) else body
         return [q for q in rows or [] if q.get("status", "pending") == "pending"]
 
-    def decide(self, question_id: str, decision: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/permissions/{question_id}", json={"decision": decision})
+    def decide(self, question_id: str, decision: str, digest: str | None = None) -> dict[str, Any]:
+        """Answer bound to the digest of the arguments shown (a changed question is refused)."""
+        body: dict[str, Any] = {"decision": decision, "via": "tui"}
+        if digest:
+            body["digest"] = digest
+        return self._json("POST", f"/v1/permissions/{question_id}", json=body)
 
     def follow_run(self, request_id: str) -> Iterator[dict[str, Any]]:
         """A run's events, replayed then live, until it finishes (SSE `follow=true`)."""

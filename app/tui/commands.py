@@ -30,7 +30,7 @@ HELP: tuple[tuple[str, str], ...] = (
     ("/openai-compat  (/openwebui)", "live posture report: policies, models, ledger, routes, UAs"),
     ("/run-ledger  (/ledger)", "ledger size, degraded flag, newest rows (all routes)"),
     ("/runs [N|ID]", "recent chat runs; Enter (or N / an id prefix) replays its timeline"),
-    ("/questions [allow|deny N]", "pending permission questions: allow or deny"),
+    ("/questions [allow|allow_session|deny N]", "pending permission questions: allow or deny"),
     ("/help", "this help"),
     ("/quit  (/exit)", "leave (a self-started server is stopped)"),
     ("anything else", "is sent to the agent as a prompt (model bmo/local: 'list files')"),

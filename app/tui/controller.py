@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from app.agent.approval import visible
 from app.tui import views
 from app.tui.client import ApiError, BmoClient, ChatDelta, ChatDone, ChatEvent, ChatStarted
 from app.tui.commands import HELP, Command, Prompt, Unknown, parse_input
@@ -283,13 +284,14 @@ class Controller:
     def _on_run_event(self, event: Mapping[str, Any]) -> None:
         data = event.get("data") or {}
         if event.get("type") == "PermissionAsked":
-            args = views.clip(str(data.get("arguments", "")), 70)
+            args = views.clip(visible(str(data.get("arguments", ""))), 70)  # "…" marks the cut
             self._stream_note(
                 f"⏸ permission needed: {data.get('tool')} {args} — answer with /questions", "warn"
             )
             self._set_activity(f"waiting for permission ({data.get('tool')})")
         else:
-            self._stream_note(f"permission {data.get('decision')} (by {data.get('decided_by')})")
+            via = f" via {data['decided_via']}" if data.get("decided_via") else ""
+            self._stream_note(f"permission {data.get('decision')} (by {data.get('decided_by')}){via}")
             self._set_activity("streaming…" if self.streaming else "idle")
         self.refresh()
 
@@ -378,8 +380,8 @@ class Controller:
         seq = self._open("questions")
         self.screen.show_lines(["loading pending questions…"])
         decision = args[0].lower() if args else ""
-        if args and (decision not in ("allow", "deny") or len(args) < 2):
-            self.screen.flash("usage: /questions [allow|deny N]", "error")
+        if args and (decision not in ("allow", "allow_session", "deny") or len(args) < 2):
+            self.screen.flash("usage: /questions [allow|allow_session|deny N]", "error")
             decision = ""
 
         def done(questions: list[dict[str, Any]]) -> None:
@@ -413,8 +415,12 @@ class Controller:
     def decide(self, question_id: str, decision: str) -> None:
         tool = next((q.get("tool") for q in self.questions if q.get("question_id") == question_id), "tool")
 
+        digest = next(
+            (q.get("arguments_digest") for q in self.questions if q.get("question_id") == question_id), None
+        )
+
         def done(_answer: dict[str, Any]) -> None:
-            verb = "allowed" if decision == "allow" else "denied"
+            verb = {"allow": "allowed", "allow_session": "allowed for this session"}.get(decision, "denied")
             self.screen.flash(f"{verb}: {tool} ({views.short_id(question_id)})")
             self.questions = [q for q in self.questions if q.get("question_id") != question_id]
             if self.view == "questions":
@@ -422,7 +428,7 @@ class Controller:
             self._render_sidebar()
             self.refresh()
 
-        self._job(lambda: self.client.decide(question_id, decision), done)
+        self._job(lambda: self.client.decide(question_id, decision, digest), done)
 
 
 def _pick(rows: Sequence[Mapping[str, Any]], ref: str, key: str) -> Mapping[str, Any] | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.agent.approval import display_arguments
 from app.projections.posture import label
 
 __all__ = [
@@ -240,10 +241,16 @@ def timeline_lines(events: Sequence[Mapping[str, Any]], *, request_id: str = "")
 def question_lines(question: Mapping[str, Any], index: int) -> list[str]:
     """One pending permission question: what it allows, for which run, until when."""
     expires = str(question.get("expires_at") or "")[11:19]
+    session = question.get("session_id") or "-"
+    shown = question.get("arguments_display")
+    if shown is None:  # an older server: escape here
+        shown = display_arguments(str(question.get("arguments", "")))
+    digest = str(question.get("arguments_digest") or "")[:16]
     return [
         f"[{index}] {question.get('tool')} wants to run (run {short_id(question.get('request_id'))},"
-        f" expires {expires or '?'})",
-        f"    {clip(question.get('arguments', ''), ARG_CHARS)}",
+        f" session {session}, expires {expires or '?'})",
+        *(f"    {line}" for line in str(shown).split("\n")),  # complete: never clipped
+        f"    sha256 {digest}…" if digest else "    (no digest)",
     ]
 
 

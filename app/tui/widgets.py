@@ -282,12 +282,14 @@ class TuiScreen(urwid.WidgetWrap):
         first = len(widgets)
         for lines, decide in items:
             widgets += [_text(line) for line in lines]
-            allow = urwid.Button("Allow", on_press=lambda _b, d=decide: d("allow"))
+            allow = urwid.Button("Allow once", on_press=lambda _b, d=decide: d("allow"))
+            session = urwid.Button("Allow for session", on_press=lambda _b, d=decide: d("allow_session"))
             deny = urwid.Button("Deny", on_press=lambda _b, d=decide: d("deny"))
             buttons = urwid.Columns(
                 [
                     ("given", 4, urwid.Text("")),
-                    ("given", 9, urwid.AttrMap(allow, None, focus_map="focus")),
+                    ("given", 14, urwid.AttrMap(allow, None, focus_map="focus")),
+                    ("given", 21, urwid.AttrMap(session, None, focus_map="focus")),
                     ("given", 8, urwid.AttrMap(deny, None, focus_map="focus")),
                 ],
                 dividechars=2,

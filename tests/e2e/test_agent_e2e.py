@@ -272,8 +272,13 @@ def test_an_unanswered_question_is_denied_after_the_timeout(
             "decision": "deny",
             "decided_by": "timeout",
             "requester": "",
+            "decided_via": "timeout",
+            "digest": decided[0]["digest"],
+            "scope": "once",
         }
     ]
+    asked = next(e["data"] for e in events if e["type"] == "PermissionAsked")
+    assert decided[0]["digest"] == asked["digest"] and len(asked["digest"]) == 64
     assert run["outcome"] == "final_answer"
 
 
@@ -388,6 +393,7 @@ def test_a_cancelled_stream_kills_the_tool_process(
 def mcp_config(upstream: FakeOpenAI) -> str:
     return config(upstream) + (
         '\n[mcp.fake]\ntype = "stdio"\ncommand = "python"\nargs = ["-m", "tests.fakes.mcp_server"]\n'
+        'env = { PYTHONPATH = "${PYTHONPATH}" }\n'
         'timeout = 10\ndisabled_tools = ["slow"]\n'
     )
 

@@ -97,9 +97,9 @@ def test_permission_answered_from_questions_unblocks_the_run(tui_for: Callable[.
     tui.wait_for("⏸ permission needed: bash")
     assert tui.controller.streaming  # the run is blocked on the question
     tui.type("/questions")
-    screen = tui.wait_for("< Allow >")
+    screen = tui.wait_for("< Allow once >")
     assert "[1] bash wants to run" in screen
-    assert '{"command": "echo hi"}' in screen
+    assert '"command": "echo hi"' in screen and "sha256 " in screen
     tui.screen.keypress(SIZE, "enter")  # Allow has the focus
     tui.wait(lambda: not tui.controller.streaming, "the run to finish")
     tui.screen.keypress(SIZE, "esc")
@@ -112,6 +112,7 @@ def test_permission_answered_from_questions_unblocks_the_run(tui_for: Callable[.
     decided = next(e for e in events if e["type"] == "PermissionDecided")
     assert decided["data"]["decision"] == "allow"
     assert decided["data"]["decided_by"] == "operator"
+    assert decided["data"]["decided_via"] == "tui" and len(decided["data"]["digest"]) == 64
     assert events[-1]["data"]["outcome"] == "final_answer"
 
 

@@ -188,13 +188,14 @@ def test_tui_self_started_server_and_permission_flow(tmux: Tmux, tmp_path: Path,
     tmux.send("run `echo hi`")
     tmux.wait_for("⏸ permission needed: bash")
     tmux.send("/questions")
-    questions = tmux.wait_for("< Allow >")
-    assert '{"command": "echo hi"}' in questions
+    questions = tmux.wait_for("< Allow once >")
+    assert '"command": "echo hi"' in questions
     tmux.key("Enter")  # Allow has the focus
     tmux.wait_for("allowed: bash")
     tmux.key("Escape")
-    done = tmux.wait_for("bmo › Ran `echo hi`")
+    done = tmux.wait_for("Ran `echo hi`")
     assert "permission allow (by operator)" in done
+    assert "✅ Allowed by the operator (tui)." in done  # the streamed decision line
 
     tmux.send("/quit")
     assert tmux.wait_exit() == "0"

@@ -47,6 +47,16 @@ def build() -> MCPServer:
     def pid() -> int:
         return os.getpid()
 
+    @server.tool(description="This process's environment and its parent's, as text.", annotations=READ_ONLY)
+    def environ() -> str:
+        own = "\n".join(f"{k}={v}" for k, v in sorted(os.environ.items()))
+        try:
+            with open(f"/proc/{os.getppid()}/environ", "rb") as fh:
+                parent = fh.read().replace(b"\0", b"\n").decode(errors="replace")
+        except OSError as exc:
+            parent = f"(unreadable: {exc})"
+        return f"{own}\n--- parent ---\n{parent}"
+
     return server
 
 

@@ -253,3 +253,79 @@ def _alive(pid: int, limit: float = 2.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+# --- read-only is an allow-list (issue 13) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        ("get", ["pods", "-o", "custom-columns-file=/etc/passwd"]),
+        ("get", ["pods", "-ocustom-columns-file=/etc/passwd"]),
+        ("get", ["pods", "--output=custom-columns-file=/etc/passwd"]),
+        ("get", ["pods", "-o", "jsonpath-file=/etc/passwd"]),
+        ("get", ["pods", "-o", "go-template-file=/etc/passwd"]),
+        ("get", ["pods", "-o", "template-file=/etc/passwd"]),
+        ("get", ["--raw", "/api/v1/namespaces/default/services/web:80/proxy/admin"]),
+        ("get", ["--raw=/api/v1/nodes/n1/proxy/configz"]),
+        ("get", ["pods", "--raw", "/healthz"]),
+        ("get", ["/api/v1/namespaces/default/pods/x/proxy"]),
+        ("get", ["pods", "--subresource=proxy"]),
+        ("get", ["pods", "--context=admin"]),
+        ("get", ["pods", "--cluster=other"]),
+        ("get", ["pods", "-v=9"]),  # logs request headers, bearer token included
+        ("get", ["pods", "--v=9"]),
+        ("get", ["pods", "--tls-server-name=x"]),
+        ("get", ["pods", "--kubeconfig", "/elsewhere"]),
+        ("get", ["pods", "-k", "dir"]),
+        ("get", ["pods", "--disable-compression"]),
+        ("get", ["pods", "--", "x"]),
+        ("get", ["pods", "-R"]),
+        ("describe", ["pods", "-o", "json"]),  # a flag of another verb
+        ("logs", ["pod-a", "-f"]),
+        ("logs", ["pod-a", "--follow=true"]),
+        ("top", ["pods", "--watch"]),
+        ("events", ["--watch"]),
+        ("events", ["-w"]),
+        ("get", ["pods", "--all-namespaces=maybe"]),
+        ("get", ["http://evil.example/api"]),
+    ],
+)
+def test_only_listed_flags_and_formats_pass(ctx: ToolContext, verb: str, args: list[str]) -> None:
+    with pytest.raises(ToolError, match=r"not allowed|takes true or false"):
+        run(Kubectl(binary="/nonexistent/kubectl"), {"verb": verb, "args": args}, ctx)
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        ("get", ["pods", "-o", "custom-columns=NAME:.metadata.name"]),
+        ("get", ["pods", "-ojsonpath={.items[*].metadata.name}"]),
+        ("get", ["deploy/web", "-n", "prod", "-o=yaml", "--show-labels", "--all-namespaces=false"]),
+        ("get", ["pods", "--field-selector", "status.phase=Running", "--sort-by=.metadata.name"]),
+        ("describe", ["pod", "web-1", "--show-events=false"]),
+        ("logs", ["pod-a", "-c", "app", "--tail=100", "--since=5m", "-p", "--timestamps"]),
+        ("top", ["pods", "-A", "--containers"]),
+        ("events", ["--for", "pod/web-1", "--types=Warning", "-o", "json"]),
+    ],
+)
+def test_read_only_flags_reach_kubectl_unchanged(
+    tmp_path: Path, ctx: ToolContext, verb: str, args: list[str]
+) -> None:
+    binary, log = fake_kubectl(tmp_path, "echo ok")
+    result = run(Kubectl(binary=binary), {"verb": verb, "args": args}, ctx)
+    assert result.ok, result.content
+    assert calls(log) == [[verb, *args]]
+
+
+def test_kubectl_gets_a_scrubbed_environment(
+    tmp_path: Path, ctx: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/some/kubeconfig")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-pass")
+    monkeypatch.setenv("BMO_AUTH_TOKEN", "tok-should-not-pass")
+    binary, _ = fake_kubectl(tmp_path, "env")
+    result = run(Kubectl(binary=binary), {"verb": "get", "args": ["pods"]}, ctx)
+    assert "KUBECONFIG=/some/kubeconfig" in result.content
+    assert "should-not-pass" not in result.content

@@ -64,13 +64,15 @@ def test_tools_listed_named_and_flagged(errlog: TextIO) -> None:
         try:
             assert hub.status() == {"fs": "ready", "off": "disabled"}
             tools = by_name(hub.tools())
-            assert set(tools) == {f"mcp__fs__{n}" for n in ("echo", "add", "write_note", "slow", "pid")}
+            names = ("echo", "add", "write_note", "slow", "pid", "environ")
+            assert set(tools) == {f"mcp__fs__{n}" for n in names}
             assert {n: t.mutating for n, t in tools.items()} == {
                 "mcp__fs__echo": False,
                 "mcp__fs__add": False,
                 "mcp__fs__write_note": True,
                 "mcp__fs__slow": False,
                 "mcp__fs__pid": False,
+                "mcp__fs__environ": False,
             }
             schema = tools["mcp__fs__add"].schema
             assert schema.description == "Add two integers."
@@ -88,7 +90,7 @@ def test_names_are_sanitized_and_capped(errlog: TextIO) -> None:
         await hub.start()
         try:
             names = [tool.schema.name for tool in hub.tools()]
-            assert len(names) == len(set(names)) == 7
+            assert len(names) == len(set(names)) == 8
             for name in names:
                 assert len(name) <= 64 and name.startswith("mcp__my_server-x")
                 assert all(c.isalnum() or c in "_-" for c in name)

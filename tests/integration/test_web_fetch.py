@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from app.agent.tools import ToolContext, ToolError, ToolResult, WebFetch
+from app.agent.tools import web_fetch as web_fetch_module
 from app.agent.tools.web_fetch import MAX_REDIRECTS, html_to_text, is_public_address
 
 PAGE = """<!doctype html>
@@ -145,6 +146,14 @@ def test_big_body_is_truncated(ctx: ToolContext) -> None:
     assert result.content.split("\n\n", 1)[1] == "x" * 100_000
 
 
+def test_text_reaching_the_model_is_capped(ctx: ToolContext) -> None:
+    result = fetch("/big", ctx)  # 3 MiB body: 2 MiB read, 100,000 characters shown
+    assert result.ok
+    assert "[truncated: only the first 2097152 bytes were read]" in result.content
+    assert "[truncated: showing the first 100000 of 2097152 characters of text]" in result.content
+    assert len(result.content) < 100_500
+
+
 def test_redirects_are_followed(ctx: ToolContext) -> None:
     result = fetch("/redirect?to=/plain", ctx)
     assert result.ok
@@ -223,10 +232,63 @@ def test_ssrf_guard_refuses_names_resolving_to_loopback(ctx: ToolContext) -> Non
         with_server(scenario)
 
 
-@pytest.mark.parametrize("host", ["[::1]", "[::ffff:127.0.0.1]", "169.254.169.254", "10.1.2.3", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.1.2.3",
+        "0.0.0.0",
+        "[64:ff9b::7f00:1]",
+        "[64:ff9b::a9fe:a9fe]",
+        "[2002:7f00:1::1]",
+        "[::127.0.0.1]",
+        "[::ffff:0:7f00:1]",
+    ],
+)
 def test_ssrf_guard_refuses_other_literals(ctx: ToolContext, host: str) -> None:
     with pytest.raises(ToolError, match="is not a public address"):
         asyncio.run(WebFetch().run({"url": f"http://{host}:9/"}, ctx))
+
+
+@pytest.mark.parametrize(
+    "host", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0x7f.0.0.1", "017700000001", "localhost"]
+)
+def test_ssrf_guard_refuses_other_spellings_of_loopback(ctx: ToolContext, host: str) -> None:
+    """Decimal, hex and octal IPv4 forms are not IP literals to the URL parser; the resolver
+    turns them into 127.0.0.1, and the guard checks what the resolver returns."""
+
+    async def scenario(server: TestServer) -> ToolResult:
+        return await WebFetch().run({"url": f"http://{host}:{server.port}/plain"}, ctx)
+
+    with pytest.raises(ToolError, match=r"non-public address|not a public address"):
+        result = with_server(scenario)
+        pytest.fail(f"fetched {host}: {result.content[:200]}")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://0xa9.254.169.254/",
+        "http://0x0a.1:9/",
+    ],
+)
+def test_a_redirect_to_a_private_address_is_refused(
+    ctx: ToolContext, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """Every hop is checked. The test server is on loopback, so only 127.0.0.1 is let through
+    as if it were public: the first hop; the redirect's target is judged by the real rule."""
+    real = web_fetch_module.is_public_address
+    monkeypatch.setattr(web_fetch_module, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
+
+    async def scenario(server: TestServer) -> ToolResult:
+        return await WebFetch().run({"url": f"http://127.0.0.1:{server.port}/redirect?to={target}"}, ctx)
+
+    with pytest.raises(ToolError, match="not a public address"):
+        with_server(scenario)
 
 
 @pytest.mark.parametrize(
@@ -245,6 +307,19 @@ def test_ssrf_guard_refuses_other_literals(ctx: ToolContext, host: str) -> None:
         ("fd00::1", False),
         ("::ffff:10.0.0.1", False),
         ("224.0.0.1", False),
+        # IPv6 forms that embed an IPv4 address: the embedded address decides
+        ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64 (RFC 8215): never public
+        ("::ffff:0:7f00:1", False),  # IPv4-translated (RFC 2765)
+        ("::127.0.0.1", False),  # IPv4-compatible (deprecated)
+        ("::a00:1", False),
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2002:c0a8:101::1", False),  # 6to4 of 192.168.1.1
+        ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+        ("::ffff:169.254.169.254", False),
     ],
 )
 def test_is_public_address(address: str, public: bool) -> None:

@@ -225,6 +225,7 @@ def test_mcp_server_killed_mid_run(make_server: Callable[..., BmoServer], figure
     with FakeOpenAI(models=("fake-model",)) as fake:
         config = h.bmo_config({"up1": fake.base_url}) + (
             '\n[mcp.fake]\ntype = "stdio"\ncommand = "python"\nargs = ["-m", "tests.fakes.mcp_server"]\n'
+            'env = { PYTHONPATH = "${PYTHONPATH}" }\n'
             "timeout = 30\n"
         )
         server = make_server(config_text=config)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from app.agent.loop import ClientToolCalls, Denial, Done, TextChunk, TurnSpec, run_turn
+from app.agent.loop import Approved, ClientToolCalls, Done, Refused, TextChunk, TurnSpec, run_turn
 from app.agent.tools.base import Tool, ToolContext, ToolResult
 from app.agent.tools.registry import ToolRegistry
 from app.providers.base import (
@@ -54,10 +54,12 @@ class Counter:
     def __init__(self, mutating: bool = False, result: ToolResult | None = None) -> None:
         self.mutating = mutating
         self.calls = 0
+        self.seen: list[dict[str, Any]] = []
         self.result = result or ToolResult(ok=True, content="counted")
 
     async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         self.calls += 1
+        self.seen.append(args)
         return self.result
 
 
@@ -180,16 +182,39 @@ def test_client_tool_calls_are_passed_through_and_end_the_turn() -> None:
 def test_a_denied_mutating_tool_is_not_run_and_the_model_is_told() -> None:
     tool = Counter(mutating=True)
 
-    async def deny(c: ToolCall, t: Tool) -> Denial | None:
-        return Denial(for_model="error: permission denied for count; do not retry", for_user="denied")
+    async def deny(c: ToolCall, t: Tool) -> AsyncIterator[TextChunk | Approved | Refused]:
+        yield TextChunk("question shown", transient=True)
+        yield Refused("error: permission denied for count", "Not run: denied.")
 
     provider = Scripted(("", [call()], "tool_calls"), ("I could not run it", [], "stop"))
     events, sink = run(provider, [tool], authorize=deny)
     assert tool.calls == 0 and sink.tools == [("count", False)]
-    assert provider.requests[1].messages[-1].content == "error: permission denied for count; do not retry"
-    shown = "".join(e.text for e in events if isinstance(e, TextChunk) and e.activity)
-    assert "denied" in shown and "do not retry" not in shown  # text for the model stays with it
+    assert provider.requests[1].messages[-1].content == "error: permission denied for count"
+    shown = text_of(events) + text_of(events, activity=True)
+    assert "question shown" in shown and "Not run: denied." in shown  # the person's line
+    assert "error: permission denied" not in shown  # the model's text stays with the model
     assert events[-1].outcome == "final_answer"
+
+
+def test_an_approval_runs_exactly_the_approved_call_and_rechecks_its_digest() -> None:
+    from app.agent.approval import arguments_digest
+
+    tool = Counter(mutating=True)
+    approved = call(args='{"n":2}')
+
+    async def approve(c: ToolCall, t: Tool) -> AsyncIterator[TextChunk | Approved | Refused]:
+        yield Approved(approved, arguments_digest("count", approved.arguments))
+
+    async def tampered(c: ToolCall, t: Tool) -> AsyncIterator[TextChunk | Approved | Refused]:
+        yield Approved(approved, arguments_digest("count", '{"n":1}'))
+
+    provider = Scripted(("", [call(args='{"n": 2, "n": 2}')], "tool_calls"), ("ok", [], "stop"))
+    run(provider, [tool], authorize=approve)
+    assert tool.calls == 1 and tool.seen == [{"n": 2}]
+    provider = Scripted(("", [call(args='{"n": 2}')], "tool_calls"), ("ok", [], "stop"))
+    run(provider, [tool], authorize=tampered)
+    assert tool.calls == 1  # a digest that does not match what would run: not run
+    assert "differ from the ones approved" in provider.requests[1].messages[-1].content
 
 
 def test_max_steps_bounds_the_loop() -> None:

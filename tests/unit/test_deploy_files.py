@@ -255,3 +255,17 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr + done.stdout
+
+
+def test_stop_timeouts_leave_room_for_the_drain() -> None:
+    """systemd, Kubernetes and compose must not SIGKILL bmo while it drains and flushes (SIGTERM first)."""
+    from app.cli.serve import KILL_GRACE_S
+    from app.config import HttpServer
+
+    needed = HttpServer().shutdown_timeout_s + KILL_GRACE_S / 2
+    service = unit()["Service"]
+    assert float(service["TimeoutStopSec"].removesuffix("s")) > needed
+    assert service["KillMode"] == "mixed"  # SIGTERM to the main process only; it tells the workers
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > needed
+    assert float(compose()["services"]["bmo"]["stop_grace_period"].removesuffix("s")) > needed

@@ -30,6 +30,7 @@ def test_route_names() -> None:
     assert route_name("/v1/openai-compat/runs") == "runs_list"
     assert route_name("/v1/openai-compat/runs/abc/events") == "run_events_list"
     assert route_name("/v1/permissions/x") == "permissions"
+    assert route_name("/review/abc") == "permission_review"
     assert route_name("/healthz") is None and route_name("/schema/openapi.json") is None
     assert route_name("/v1//models") == "models_list"  # served by the router, so named alike
     assert route_name("/v1/nope") == "unmatched"
@@ -104,3 +105,22 @@ def test_invalid_utf8_is_named_by_the_bytes_not_the_parsers_wording() -> None:
         assert syntax.message.startswith("Could not parse the request body as JSON")
     raw = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
     assert "not valid UTF-8" in to_bmo_error(raw).message
+
+
+def test_bind_keeps_only_the_digest_of_the_token() -> None:
+    import hashlib
+
+    settings = Settings()
+    digest = hashlib.sha256(b"flag").hexdigest()
+    assert decide_bind(settings, addr=None, token="flag", allow_no_auth=False, env={}).digest == digest
+    # handed over (or given by the operator) as a digest: no plaintext anywhere
+    handed = decide_bind(
+        settings, addr=None, token=None, allow_no_auth=False, env={"BMO_AUTH_TOKEN_SHA256": digest}
+    )
+    assert handed.token is None and handed.digest == digest and handed.auth
+    with pytest.raises(ValueError, match="64 lowercase hex digits"):
+        decide_bind(
+            settings, addr=None, token=None, allow_no_auth=False, env={"BMO_AUTH_TOKEN_SHA256": "xyz"}
+        )
+    check = TokenCheck.from_digest(digest)
+    assert check.allows(b"Bearer flag") and not check.allows(b"Bearer flags") and check.required

@@ -205,7 +205,8 @@ def test_search_skips_noise_dirs_binary_and_big_files(ctx: ToolContext, ws: Path
     (ws / "blob.bin").write_bytes(b"needle\x00\x00")
     (ws / "big.txt").write_text("needle\n" + "x" * MAX_FILE_BYTES)
     (ws / "ok.txt").write_text("needle\n")
-    assert run(Search(), {"pattern": "needle"}, ctx).content == "ok.txt:1: needle"
+    content = run(Search(), {"pattern": "needle"}, ctx).content
+    assert content == f"ok.txt:1: needle\n[1 file(s) over {MAX_FILE_BYTES} bytes skipped]"
 
 
 def test_search_trims_long_lines(ctx: ToolContext, ws: Path) -> None:

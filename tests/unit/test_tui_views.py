@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -212,9 +213,31 @@ def test_question_lines() -> None:
         "expires_at": "2026-11-25T21:17:25.448049+00:00",
     }
     assert views.question_lines(q, 1) == [
-        "[1] bash wants to run (run 157dede7…, expires 21:17:25)",
-        '    {"command": "echo hi"}',
+        "[1] bash wants to run (run 157dede7…, session -, expires 21:17:25)",
+        "    {",
+        '      "command": "echo hi"',
+        "    }",
+        "    (no digest)",
     ]
+
+
+def test_question_lines_show_everything_and_hide_nothing() -> None:
+    """A long, obfuscated command is shown complete, with invisibles escaped and blank runs counted."""
+    tail = "; touch /tmp/x\u202e\u200b\x1b[2J; echo $BMO_AUTH_TOKEN"
+    command = "echo harmless" + " " * 2100 + tail + "y" * 5000
+    q = {
+        "question_id": "q",
+        "request_id": "r",
+        "tool": "bash",
+        "session_id": "chat-1",
+        "arguments": json.dumps({"command": command}, ensure_ascii=False),
+        "arguments_digest": "ab" * 32,
+        "expires_at": "",
+    }
+    text = "\n".join(views.question_lines(q, 1))
+    assert "⟪2100 spaces⟫; touch /tmp/x\\u202e\\u200b\\u001b[2J; echo $BMO_AUTH_TOKEN" in text
+    assert "y" * 5000 in text and "session chat-1" in text and "sha256 abababab" in text
+    assert not any(ch in text for ch in "\u202e\u200b\x1b")
 
 
 DETAILS = (

@@ -55,7 +55,7 @@ class FakeClient:
     def run_events(self, request_id: str) -> list[dict[str, Any]]:
         return copy.deepcopy(EVENTS)
 
-    def decide(self, question_id: str, decision: str) -> dict[str, Any]:
+    def decide(self, question_id: str, decision: str, digest: str | None = None) -> dict[str, Any]:
         self.decisions.append((question_id, decision))
         self.questions = [q for q in self.questions if q["question_id"] != question_id]
         return {"question_id": question_id, "status": "allowed"}
@@ -253,9 +253,9 @@ def test_questions_allow_with_the_button(h: Harness) -> None:
     assert "questions: 1 pending" in h.text()[1]
     h.type("/questions")
     text = h.screen_text()
-    assert "[1] bash wants to run (run 157dede7…, expires 21:17:25)" in text
-    assert '{"command": "echo hi"}' in text
-    assert "< Allow >" in text and "< Deny >" in text
+    assert "[1] bash wants to run (run 157dede7…, session -, expires 21:17:25)" in text
+    assert '"command": "echo hi"' in text
+    assert "< Allow once >" in text and "< Deny >" in text and "< Allow for session >" in text
     h.key("enter")  # focus sits on Allow
     assert h.client.decisions == [(QUESTION["question_id"], "allow")]
     text = h.screen_text()
@@ -273,7 +273,7 @@ def test_questions_deny_by_command(h: Harness) -> None:
 
 def test_questions_bad_usage_is_a_message(h: Harness) -> None:
     h.type("/questions maybe")
-    assert "usage: /questions [allow|deny N]" in h.screen_text()
+    assert "usage: /questions [allow|allow_session|deny N]" in h.screen_text()
     assert h.client.decisions == []
 
 

@@ -23,6 +23,7 @@ class ToolResult(msgspec.Struct, frozen=True):
     # machine-readable failure kind the loop acts on, e.g. "k8s_retry_exhausted",
     # "permission_denied", "timeout", "unavailable"; None when ok or unclassified
     error_kind: str | None = None
+    shown: str | None = None  # what a human sees instead of `content` (e.g. a denial's short line)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,27 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
 from app.agent.tools.base import ToolContext, ToolError, ToolResult
+from app.agent.tools.environment import tool_environment
+from app.agent.tools.process_guard import MARKER_VAR, GroupRecords, die_with_parent
 from app.providers.base import ToolSchema
 
-__all__ = ["KILL_GRACE_S", "Bash", "CappedOutput", "drain_into", "kill_group", "reap"]
+__all__ = [
+    "KILL_GRACE_S",
+    "Bash",
+    "CappedOutput",
+    "GuardedProcess",
+    "drain_into",
+    "kill_group",
+    "reap",
+    "spawn_guarded",
+]
 
 SHELL = "/bin/bash"
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL
@@ -72,6 +85,47 @@ async def drain_into(stream: asyncio.StreamReader, out: CappedOutput) -> None:
         out.feed(chunk)
 
 
+class GuardedProcess:
+    """A tool process group: the process, its group record, and `close` to drop the record."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, records: GroupRecords | None, record: Path | None
+    ) -> None:
+        self.proc = proc
+        self._records = records
+        self._record = record
+
+    def close(self) -> None:
+        if self._records is not None:
+            self._records.remove(self._record)
+            self._record = None
+
+
+async def spawn_guarded(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    records: GroupRecords | None,
+    cwd: Path | None = None,
+    merge_stderr: bool = False,
+) -> GuardedProcess:
+    """Start `argv` in its own process group with a scrubbed environment, the parent-death
+    signal armed and (with `records`) a group record, so it cannot outlive the server."""
+    marker = GroupRecords.new_marker()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env={**env, MARKER_VAR: marker},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+        start_new_session=True,  # own process group, so the group can be killed
+        preexec_fn=die_with_parent(),
+    )
+    record = records.add(marker, proc.pid) if records is not None else None
+    return GuardedProcess(proc, records, record)
+
+
 def kill_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group; False when the group no longer exists."""
     try:
@@ -109,16 +163,28 @@ class Bash:
     mutating: bool = True
 
     def __init__(
-        self, default_timeout_s: float = 120, max_timeout_s: float = 600, output_cap: int = 64 * 1024
+        self,
+        default_timeout_s: float = 120,
+        max_timeout_s: float = 600,
+        output_cap: int = 64 * 1024,
+        *,
+        env: Mapping[str, str] | None = None,
+        records: GroupRecords | None = None,
     ) -> None:
+        """`env` is the whole environment of the command (default: the scrubbed base of
+        this process's); `records` keeps group records for the orphan sweep."""
         self._default_timeout_s = default_timeout_s
         self._max_timeout_s = max_timeout_s
         self._output_cap = output_cap
+        self._env = env
+        self._records = records
 
     async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         parsed = _parse(args)
         timeout = min(parsed.timeout_s or self._default_timeout_s, self._max_timeout_s)
-        proc = await _spawn(parsed.command, ctx)
+        env = self._env if self._env is not None else tool_environment(os.environ)
+        guarded = await _spawn(parsed.command, ctx, env, self._records)
+        proc = guarded.proc
         out = CappedOutput(self._output_cap)
         assert proc.stdout is not None
         reader = asyncio.create_task(drain_into(proc.stdout, out))
@@ -131,6 +197,8 @@ class Bash:
             reader.cancel()
             await reap(proc)
             raise
+        finally:
+            guarded.close()
         return _result(out, proc.returncode, timed_out_after=None if exited else timeout)
 
 
@@ -146,17 +214,12 @@ def _parse(args: dict[str, Any]) -> _Args:
     return parsed
 
 
-async def _spawn(command: str, ctx: ToolContext) -> asyncio.subprocess.Process:
+async def _spawn(
+    command: str, ctx: ToolContext, env: Mapping[str, str], records: GroupRecords | None
+) -> GuardedProcess:
     try:
-        return await asyncio.create_subprocess_exec(
-            SHELL,
-            "-c",
-            command,
-            cwd=ctx.workspace,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # own process group, so the group can be killed
+        return await spawn_guarded(
+            [SHELL, "-c", command], env=env, records=records, cwd=ctx.workspace, merge_stderr=True
         )
     except OSError as exc:
         raise ToolError(f"bash: cannot start {SHELL}: {exc.strerror or exc}") from None

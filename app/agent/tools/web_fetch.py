@@ -68,8 +68,14 @@ class WebFetch:
     mutating: bool = False
 
     def __init__(
-        self, max_bytes: int = 2 * 1024 * 1024, timeout_s: float = 20, allow_private: bool = False
+        self,
+        max_bytes: int = 2 * 1024 * 1024,
+        timeout_s: float = 20,
+        allow_private: bool = False,
+        max_chars: int = 100_000,
     ) -> None:
+        """`max_bytes` of body are read; at most `max_chars` of text reach the model."""
+        self._max_chars = max_chars
         self._max_bytes = max_bytes
         self._timeout_s = timeout_s
         self._allow_private = allow_private
@@ -87,7 +93,8 @@ class WebFetch:
             )
         except aiohttp.ClientError as exc:
             raise ToolError(_describe_client_error(url, exc)) from None
-        return _render(page)
+        # Converting up to max_bytes of HTML is CPU work: off the event loop.
+        return await asyncio.to_thread(_render, page, self._max_chars)
 
     async def _fetch(self, url: str) -> _Page:
         resolver = None if self._allow_private else _PublicOnlyResolver()
@@ -147,22 +154,61 @@ def _redirect_target(url: str, resp: aiohttp.ClientResponse) -> str:
 # --- SSRF guard ----------------------------------------------------------
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix: the last 32 bits are IPv4
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use (RFC 8215): a site's own
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (RFC 2765)
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # IPv4-compatible (deprecated)
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+_NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+")
+
+
 def is_public_address(address: str) -> bool:
-    """True for a globally routable IP; loopback, private, link-local etc. are not."""
+    """True for a globally routable IP; loopback, private, link-local etc. are not.
+
+    An IPv6 address that carries an IPv4 address (mapped, translated, compatible,
+    NAT64, 6to4) is judged by the IPv4 address it leads to: the network delivers it
+    there. Local-use NAT64 and Teredo are never public.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback in disguise
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL or ip in _TEREDO:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not ip.is_multicast
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _TRANSLATED or ip in _COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _literal_address(host: str) -> str | None:
+    """The IP a host names without DNS: a literal, or a legacy numeric IPv4 form
+    (`2130706433`, `0x7f.1`, `0177.0.0.1`) that resolvers accept too."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        pass
+    if _NUMERIC_HOST.fullmatch(host) and any(c.isdigit() for c in host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def _check_ip_literal(url: str) -> None:
     # aiohttp connects to IP literals without asking the resolver, so check them here.
     host = urlsplit(url).hostname or ""
-    try:
-        public = is_public_address(host)
-    except ValueError:
-        return  # a host name: the resolver checks it
-    if not public:
+    address = _literal_address(host)
+    if address is not None and not is_public_address(address):
         raise ToolError(f"web_fetch: refused: {host} is not a public address")
 
 
@@ -217,7 +263,7 @@ async def _read_capped(stream: aiohttp.StreamReader, max_bytes: int) -> tuple[by
     return b"".join(chunks), False
 
 
-def _render(page: _Page) -> ToolResult:
+def _render(page: _Page, max_chars: int) -> ToolResult:
     kind = _kind(page.content_type)
     if not 200 <= page.status < 300:
         excerpt = _to_text(page, kind)[:_ERROR_BODY_CHARS] if kind else ""
@@ -231,7 +277,11 @@ def _render(page: _Page) -> ToolResult:
     lines = [f"URL: {page.url}", f"Content-Type: {page.content_type}"]
     if page.truncated:
         lines.append(f"[truncated: only the first {len(page.body)} bytes were read]")
-    return ToolResult(ok=True, content="\n".join(lines) + "\n\n" + _to_text(page, kind))
+    text = _to_text(page, kind)
+    if len(text) > max_chars:
+        lines.append(f"[truncated: showing the first {max_chars} of {len(text)} characters of text]")
+        text = text[:max_chars]
+    return ToolResult(ok=True, content="\n".join(lines) + "\n\n" + text)
 
 
 def _kind(content_type: str) -> str | None:
