@@ -1,4 +1,4 @@
-"""Layered TOML configuration (SPEC section 3).
+"""Layered TOML configuration (docs/configuration.md).
 
 Files, lowest to highest precedence: the global ``bmo.toml``, project files from
 the repository root down to the working directory, then ``--config PATH``.
@@ -36,6 +36,7 @@ __all__ = [
     "global_config_dir",
     "load_settings",
     "redacted",
+    "served_models",
 ]
 
 _NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
@@ -78,7 +79,7 @@ class OpenAICompat(_Config):
     show_tool_activity: bool = True
     session_header_fallbacks: tuple[str, ...] = ("X-OpenWebUI-Chat-Id",)
     max_steps: Annotated[int, msgspec.Meta(ge=1)] = 25
-    task_header: str | None = None
+    task_header: str = "X-OpenWebUI-Task"  # the header carrying Open WebUI's {{TASK}}
     router_model: str | None = None  # model id for the model-based ambiguity classifier
     public_url: str = ""  # base URL a user's browser reaches bmo at: review links in question blocks
     review_secret: str | None = None  # HMAC key for review links (default: a file under the data dir)
@@ -550,15 +551,56 @@ def _build(layers: Sequence[tuple[Path, dict[str, Any]]]) -> Settings:
 
 
 def load_settings(
-    *, cwd: Path | None = None, env: Mapping[str, str] | None = None, extra: Path | None = None
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    extra: Path | None = None,
+    serving: bool = False,
 ) -> Settings:
-    """Find, read, interpolate, validate and merge every config file."""
+    """Find, read, interpolate, validate and merge every config file.
+
+    ``serving`` adds the checks only a server needs (the model ids it must
+    route to are served by some provider), so `bmo serve` refuses to start on
+    a configuration whose first request would fail.
+    """
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
     files = config_files(cwd, env, extra)
     layers = [(path, _load_layer(path, env)) for path in files]
     settings = _build(layers)
+    if serving:
+        try:
+            _check_served(settings)
+        except _Problem as problem:
+            raise ConfigError(_where(_blame_value(layers, problem.keys)) + problem.text) from None
     return msgspec.structs.replace(settings, sources=tuple(str(p) for p in files))
+
+
+def served_models(settings: Settings) -> list[str]:
+    """Every model id some provider serves: ``bmo/local`` plus ``<provider>/<model>``."""
+    return ["bmo/local"] + [f"{name}/{m}" for name, p in settings.providers.items() for m in p.models]
+
+
+def _check_served(settings: Settings) -> None:
+    """The model ids bmo routes to on its own must be served by a provider."""
+    served = served_models(settings)
+    compat = settings.options.openai_compat
+    wanted = [(("options", "model"), settings.options.model)]
+    if compat.router_model:
+        wanted.append((("options", "openai_compat", "router_model"), compat.router_model))
+    for keys, model in wanted:
+        if model not in served:
+            raise _Problem(
+                keys,
+                f"{_dotted(keys)} = {_show(model)} is not served by any provider "
+                f"(accepted: {', '.join(served)}; add the model to a [providers.<name>] models list)",
+            )
+
+
+def _blame_value(layers: Sequence[tuple[Path, dict[str, Any]]], keys: tuple[str, ...]) -> str:
+    """The last file that sets ``keys`` (it wins the merge), else the usual blame."""
+    setting = [str(p) for p, raw in layers if _has_path(raw, keys)]
+    return setting[-1] if setting else _blame(layers, keys)
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

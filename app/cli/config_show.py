@@ -14,11 +14,11 @@ from typing import Annotated, Any
 from cyclopts import Parameter
 
 from app.cli.ledger import open_ledger
-from app.config import ConfigError, Settings, data_dir, load_settings
+from app.config import ConfigError, Settings, data_dir, load_settings, served_models
 from app.net import is_loopback_host, parse_addr
 from app.projections import counts, runs
 
-__all__ = ["compat_report", "format_compat", "show_openai_compat", "show_run_ledger"]
+__all__ = ["compat_report", "format_compat", "live_report", "show_openai_compat", "show_run_ledger"]
 
 SERVE_TIME = "(check at serve-time)"
 POSTURE_POINTER = (
@@ -34,7 +34,7 @@ LOOPBACK_WARNING = (
 
 def advertised_models(settings: Settings) -> list[str]:
     """The ids GET /v1/models returns (same rule as the server's catalog)."""
-    known = ["bmo/local"] + [f"{name}/{m}" for name, p in settings.providers.items() for m in p.models]
+    known = served_models(settings)
     wanted = settings.options.openai_compat.models
     return [m for m in wanted if m in known] if wanted else known
 
@@ -62,6 +62,25 @@ def compat_report(settings: Settings, env: dict[str, str]) -> dict[str, Any]:
     return report
 
 
+def live_report(report: dict[str, Any], posture: dict[str, Any], server: str) -> dict[str, Any]:
+    """Pure: `report` with the running server's own values (policy, models, bind) in place."""
+    live = dict(report)
+    for key in ("enabled", "tool_policy", "ambiguity_action", "model_override_policy", "advertised_models"):
+        if key in posture:
+            live[key] = posture[key]
+    bind = posture.get("bind") or {}
+    live["bind"] = {
+        "addr": bind.get("addr", ""),
+        "source": "live",
+        "loopback": bind.get("loopback"),
+        "auth": "bearer token" if bind.get("auth") else "none (allow_no_auth)",
+        "note": f"read from the running server at {server}",
+    }
+    if bind.get("loopback") is False:
+        live["bind"]["warning"] = LOOPBACK_WARNING.format(addr=bind.get("addr", ""))
+    return live
+
+
 def _bind(addr: str, token: bool, allow_no_auth: bool) -> dict[str, Any]:
     try:
         host, _port = parse_addr(addr)
@@ -70,9 +89,11 @@ def _bind(addr: str, token: bool, allow_no_auth: bool) -> dict[str, Any]:
         loopback = SERVE_TIME
     bind: dict[str, Any] = {
         "addr": addr,
+        "source": "configured",
         "loopback": loopback,
         "auth": "token configured" if token else ("none (allow_no_auth)" if allow_no_auth else SERVE_TIME),
-        "note": f"--addr and --auth-token on `bmo serve` override these {SERVE_TIME}",
+        "note": f"--addr and --auth-token on `bmo serve` override these {SERVE_TIME}; "
+        "pass --server URL to read a running server's live values",
     }
     if loopback is False:
         bind["warning"] = LOOPBACK_WARNING.format(addr=addr)
@@ -81,8 +102,12 @@ def _bind(addr: str, token: bool, allow_no_auth: bool) -> dict[str, Any]:
 
 def format_compat(report: dict[str, Any]) -> str:
     bind = report["bind"]
+    live = bind.get("source") == "live"
+    files = ", ".join(report["config_files"]) or "(defaults only)"
     lines = [
-        "OpenAI compat (resolved configuration)",
+        "OpenAI compat (live values of the running server)"
+        if live
+        else "OpenAI compat (resolved configuration)",
         f"  enabled                {report['enabled']}",
         f"  tool_policy            {report['tool_policy']}",
         f"  ambiguity_action       {report['ambiguity_action']}",
@@ -90,9 +115,9 @@ def format_compat(report: dict[str, Any]) -> str:
         f"  advertised models      {', '.join(report['advertised_models']) or '(none)'}",
         f"  max_queue_depth        {report['max_queue_depth']}",
         f"  ledger_capacity        {report['ledger_capacity']}",
-        f"  config files           {', '.join(report['config_files']) or '(defaults only)'}",
+        f"  {'config files (local)' if live else 'config files':<22} {files}",
         "Bind boundary",
-        f"  addr                   {bind['addr']}",
+        f"  addr                   {bind['addr']} ({bind.get('source', 'configured')})",
         f"  loopback               {bind['loopback']}",
         f"  auth                   {bind['auth']}",
         f"  note                   {bind['note']}",
@@ -117,14 +142,39 @@ def show_openai_compat(
     config: Annotated[
         Path | None, Parameter(help="An extra config file, on top of the layered ones.")
     ] = None,
+    server: Annotated[
+        str | None,
+        Parameter(help="A running bmo (e.g. http://127.0.0.1:9000/v1): show its live values instead."),
+    ] = None,
+    auth_token: Annotated[str | None, Parameter(help="Bearer token of --server (or BMO_AUTH_TOKEN).")] = None,
 ) -> int:
     """The resolved OpenAI-compat configuration, advertised models and bind boundary."""
     settings = _settings(config)
     if settings is None:
         return 2
-    report = compat_report(settings, dict(os.environ))
+    env = dict(os.environ)
+    report = compat_report(settings, env)
+    if server is not None:
+        posture = _live_posture(server, auth_token or env.get("BMO_AUTH_TOKEN") or None)
+        if posture is None:
+            return 1
+        report = live_report(report, posture, server)
     print(json.dumps(report, indent=2) if json_output else format_compat(report))
     return 0
+
+
+def _live_posture(server: str, token: str | None) -> dict[str, Any] | None:
+    from app.tui.client import ApiError, BmoClient
+
+    client = BmoClient(server, token, session_id="")
+    try:
+        return client.posture()
+    except ApiError as exc:
+        hint = " (pass --auth-token or set BMO_AUTH_TOKEN)" if exc.status == 401 else ""
+        print(f"bmo config: {server}: {exc}{hint}", file=sys.stderr)
+        return None
+    finally:
+        client.close()
 
 
 def show_run_ledger(

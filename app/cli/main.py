@@ -9,18 +9,34 @@ from cyclopts import App
 from app.cli import config_show, dirs, logs, projections, runs, serve
 from app.tui.command import tui_command
 
-__all__ = ["build_cli", "main"]
+__all__ = ["build_cli", "main", "package_version"]
+
+FALLBACK_VERSION = "0.1.0"  # a source tree that was never installed has no metadata
+
+
+def package_version() -> str:
+    """The installed `bmo` distribution's version (cyclopts would guess 0.0.0 from `app`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bmo")
+    except PackageNotFoundError:
+        return FALLBACK_VERSION
 
 
 def build_cli() -> App:
-    app = App(name="bmo", help="OpenAI-compatible coding-agent hub.")
+    app = App(name="bmo", help="OpenAI-compatible coding-agent hub.", version=package_version)
     app.command(serve.serve, name="serve")
     app.command(dirs.dirs, name="dirs")
     app.command(logs.logs, name="logs")
     app.command(tui_command, name="tui")
     config_app = App(name="config", help="Resolved configuration and ledger, no server needed.")
     config_app.command(config_show.show_openai_compat, name="show-openai-compat")
-    config_app.command(config_show.show_openai_compat, name="show-open-webui")
+    config_app.command(
+        config_show.show_openai_compat,
+        name="show-open-webui",
+        help="Alias of show-openai-compat (same report, same options).",
+    )
     config_app.command(config_show.show_run_ledger, name="show-run-ledger")
     app.command(config_app)
     runs_app = App(name="runs", help="The run ledger.")

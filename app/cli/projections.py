@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
+
+from cyclopts import Parameter
 
 from app.config import data_dir
 from app.events.store import open_event_store
 from app.projections.db import read_db_path, reset_read_models
 from app.projections.runner import ProjectionRunner
 
-__all__ = ["rebuild"]
+__all__ = ["rebuild", "run"]
+
+LedgerCapacity = Annotated[
+    int,
+    Parameter(
+        help="How many runs the ledger keeps (newest first); match options.openai_compat.ledger_capacity."
+    ),
+]
 
 
-def rebuild(*, ledger_capacity: int = 10_000) -> int:
+def rebuild(*, ledger_capacity: LedgerCapacity = 10_000) -> int:
     """Rebuild every read model from the event store (safe while no server runs)."""
     data = data_dir(dict(os.environ))
     reset_read_models(read_db_path(data))
@@ -25,7 +35,11 @@ def rebuild(*, ledger_capacity: int = 10_000) -> int:
     return 0
 
 
-def run(*, ledger_capacity: int = 10_000, poll_ms: int = 10) -> int:
+def run(
+    *,
+    ledger_capacity: LedgerCapacity = 10_000,
+    poll_ms: Annotated[int, Parameter(help="Idle wait between store polls, in milliseconds.")] = 10,
+) -> int:
     """Run the projector until standard input closes (`bmo serve` starts and stops it).
 
     Signals to the process group (Ctrl-C, SIGTERM to `bmo serve`) are ignored

@@ -10,11 +10,13 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 from cyclopts import Parameter
 
+from app.cli.config_show import advertised_models
 from app.cli.worker import (
     ENV_ADDR,
     ENV_CONFIG,
@@ -30,7 +32,7 @@ from app.cli.worker import (
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
 from app.http.identity import TrustedProxies
-from app.net import is_loopback_host, parse_addr
+from app.net import is_loopback_host, parse_addr, port_in_use, resolve_host
 
 __all__ = ["BindDecision", "decide_bind", "serve"]
 
@@ -59,11 +61,23 @@ class BindDecision:
 
 
 def decide_bind(
-    settings: Settings, *, addr: str | None, token: str | None, allow_no_auth: bool, env: dict[str, str]
+    settings: Settings,
+    *,
+    addr: str | None,
+    token: str | None,
+    allow_no_auth: bool,
+    env: dict[str, str],
+    resolve: Callable[[str, int], list[str]] = resolve_host,
 ) -> BindDecision:
-    """Pure: the bind, the token and warnings; ValueError says how to fix a refusal."""
+    """The bind, the token and warnings; ValueError says how to fix a refusal.
+
+    A host name is resolved (granian binds addresses) and loopback is judged on
+    every address it resolves to, so a name is held to the same rule as an IP.
+    """
     server = settings.options.http_server
-    host, port = parse_addr(addr or server.addr)
+    name, port = parse_addr(addr or server.addr)
+    addresses = resolve(name, port)
+    host = addresses[0]
     token = token or env.get(ENV_TOKEN) or None
     digest = None if token else env.get(ENV_TOKEN_DIGEST) or None
     if digest is not None and not _HEX_DIGEST.fullmatch(digest):
@@ -71,7 +85,9 @@ def decide_bind(
     if token is None and digest is None:
         token = server.auth_token or None
     allow = allow_no_auth or server.allow_no_auth
-    loopback = is_loopback_host(host)
+    loopback = all(is_loopback_host(a) for a in addresses)
+    if not loopback and host != name:
+        host = next(a for a in addresses if not is_loopback_host(a))
     if token is None and digest is None and not allow:
         raise ValueError(
             "refusing to start without authentication: pass --auth-token TOKEN "
@@ -79,7 +95,8 @@ def decide_bind(
         )
     if token is None and digest is None and not loopback:
         raise ValueError(
-            f"refusing --allow-no-auth on non-loopback address {host}: bind 127.0.0.1 or set --auth-token."
+            f"refusing --allow-no-auth on non-loopback address {host}"
+            f"{f' ({name} resolves to it)' if host != name else ''}: bind 127.0.0.1 or set --auth-token."
         )
     warnings = [] if loopback else [LOOPBACK_WARNING.format(addr=f"{host}:{port}")]
     return BindDecision(host, port, token, warnings, digest)
@@ -112,7 +129,7 @@ def serve(
     env = dict(os.environ)
     cwd = Path.cwd()
     try:
-        settings = load_settings(cwd=cwd, env=settings_env(env), extra=config)
+        settings = load_settings(cwd=cwd, env=settings_env(env), extra=config, serving=True)
         bind = decide_bind(settings, addr=addr, token=auth_token, allow_no_auth=allow_no_auth, env=env)
         TrustedProxies.parse(env.get(ENV_PROXIES))  # refuse to start on a bad entry
     except (ConfigError, ValueError) as exc:
@@ -136,6 +153,10 @@ def serve(
             allow_no_auth=allow_no_auth,
             shutdown_timeout=shutdown_timeout,
         )
+    busy = port_in_use(bind.host, bind.port)
+    if busy is not None:
+        print(f"bmo serve: cannot listen on {_addr(bind)}: {_busy(busy)}", file=sys.stderr)
+        return 1
     for warning in bind.warnings:
         print(warning, file=sys.stderr)
     if env.get(ENV_FAULTS):
@@ -147,16 +168,41 @@ def serve(
     _recover(settings, data_dir(env))
     _export(bind, config, cwd)
     projector = _start_projector(settings)
-    print(
-        f"bmo: serving on http://{bind.host}:{bind.port}/v1 "
-        f"(auth {'on' if bind.auth else 'off'}, data {data_dir(env)}, workers {workers})",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(banner(settings, bind, cwd=cwd, data=data_dir(env), workers=workers), file=sys.stderr, flush=True)
     try:
         return _run_granian(bind, workers, settings.options.http_server.shutdown_timeout_s)
     finally:
         _stop_projector(projector)
+
+
+def _addr(bind: BindDecision) -> str:
+    return f"[{bind.host}]:{bind.port}" if ":" in bind.host else f"{bind.host}:{bind.port}"
+
+
+def _busy(reason: str) -> str:
+    if "in use" in reason.lower():
+        return "the address is already in use (another bmo serve or another program listens there)"
+    return reason
+
+
+def banner(settings: Settings, bind: BindDecision, *, cwd: Path, data: Path, workers: int) -> str:
+    """What an operator needs to know before the first request: where, who, what, how guarded."""
+    compat = settings.options.openai_compat
+    workspace = (cwd / Path(settings.options.workspace).expanduser()).resolve()
+    auth = "bearer token" if bind.auth else "none (--allow-no-auth, loopback only)"
+    lines = [
+        f"bmo: serving on http://{_addr(bind)}/v1",
+        f"  workspace      {workspace}",
+        f"  config files   {', '.join(settings.sources) or '(defaults only)'}",
+        f"  models         {', '.join(advertised_models(settings)) or '(none)'}",
+        f"  default model  {settings.options.model}",
+        f"  tool policy    {compat.tool_policy} (ambiguity_action {compat.ambiguity_action})",
+        f"  auth           {auth}",
+        f"  data           {data}",
+        f"  workers        {workers}",
+        f"  shutdown       drains runs for {settings.options.http_server.shutdown_timeout_s:g} s on SIGTERM",
+    ]
+    return "\n".join(lines)
 
 
 def _recover(settings: Settings, data: Path) -> None:

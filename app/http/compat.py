@@ -79,8 +79,20 @@ class CompatController(Controller):
         outcome: str | None = None,
         route: str | None = None,
         model: str | None = None,
+        traffic: Annotated[
+            str,
+            Parameter(
+                description="all (default); client: without operator reads (posture, runs, "
+                "run events, permissions); operator: only those",
+                schema_extra={"enum": list(runs.TRAFFIC)},
+            ),
+        ] = "all",
     ) -> RunsPage:
         deps: HttpDeps = state.deps
+        if traffic not in runs.TRAFFIC:
+            raise InvalidRequest(
+                f"traffic must be one of {', '.join(runs.TRAFFIC)} (got {traffic!r}).", param="traffic"
+            )
         await deps.settle()
         filters = {
             k: v
@@ -88,7 +100,7 @@ class CompatController(Controller):
             if v is not None
         }
         rows, next_seq = runs.list_runs(
-            deps.read_conn, limit=limit, before_seq=_cursor(cursor), filters=filters
+            deps.read_conn, limit=limit, before_seq=_cursor(cursor), filters=filters, traffic=traffic
         )
         return RunsPage(
             data=[msgspec.convert(_without_seq(r), RunRow) for r in rows],

@@ -166,8 +166,21 @@ def _validation_param(exc: ValidationException) -> str | None:
     return None
 
 
+def _no_route(request: Request[Any, Any, Any]) -> BmoError:
+    """A 404 that names the path asked for (so the ledger records it) and the usual cause."""
+    path = request.scope.get("path", "")
+    if path.startswith("/v1/") or path == "/v1":
+        return NotFound(f"Not found: no such route or resource ({request.method} {path}).")
+    return NotFound(
+        f"Not found: no route {request.method} {path}. The base URL must end in /v1 "
+        "(e.g. http://127.0.0.1:9000/v1); requests go to /v1/models, /v1/chat/completions."
+    )
+
+
 def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    error = to_bmo_error(exc, _cached_body(request))
+    error = (
+        _no_route(request) if isinstance(exc, NotFoundException) else to_bmo_error(exc, _cached_body(request))
+    )
     lifecycle = request.scope.get("bmo")  # type: ignore[call-overload]
     if lifecycle is not None:
         lifecycle.note_error(error)

@@ -1,4 +1,4 @@
-"""Permission questions: list the pending ones, answer one.
+"""Permission questions: list the pending ones (or follow them live), answer one.
 
 A question shows the complete canonical arguments the tool will run with, a
 rendering with every invisible character made visible, and their sha256
@@ -8,19 +8,28 @@ digest. An answer may name that digest; one that names another is refused
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import Stream
 
 from app.agent.approval import display_arguments
 from app.agent.permissions import answer
 from app.errors import Conflict, NotFound
+from app.http import sse
 from app.http.deps import HttpDeps
 from app.http.openapi import SECURITY, Documented, errors
 from app.projections import permissions
+
+FOLLOW_POLL_S = 0.1  # a read of the local read model, not a request: no ledger row per look
+FOLLOW_WINDOW_S = 15.0  # a watch ends after this (clients reconnect): a shutdown never waits longer
 
 __all__ = ["PermissionsController", "Question", "question_view"]
 
@@ -83,13 +92,28 @@ class PermissionsController(Controller):
 
     @get(
         summary="Pending permission questions, oldest first",
+        description="With `follow=true` the answer is instead an SSE stream that sends this list "
+        "now and again whenever it changes, for 15 s, then `data: [DONE]` (an operator screen's "
+        "live watch reconnects; the parameter is left out of the parameter list so that fuzzers "
+        "do not hold streams open).",
         operation_class=Documented,
-        responses=errors(401, 500),
+        responses={
+            200: ResponseSpec(QuestionList, description="the pending questions", generate_examples=False),
+            **errors(401, 500),
+        },
     )
-    async def pending(self, state: State) -> QuestionList:
+    async def pending(
+        self,
+        state: State,
+        follow: Annotated[bool, Parameter(include_in_schema=False)] = False,
+    ) -> Response[Any]:
         deps: HttpDeps = state.deps
         await deps.settle()
-        return QuestionList(data=[question_view(q) for q in permissions.pending_questions(deps.read_conn)])
+        if follow:
+            return Stream(
+                _follow_pending(deps), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        return Response(_pending(deps), media_type="application/json")
 
     @post(
         "/{question_id:str}",
@@ -131,3 +155,28 @@ class PermissionsController(Controller):
         await deps.settle()
         fresh = permissions.get_question(deps.read_conn, question_id) or question
         return question_view(fresh)
+
+
+def _pending(deps: HttpDeps) -> QuestionList:
+    return QuestionList(data=[question_view(q) for q in permissions.pending_questions(deps.read_conn)])
+
+
+async def _follow_pending(deps: HttpDeps) -> AsyncIterator[bytes]:
+    """The pending list now, then each time it changes, for one window.
+
+    An operator's screen learns of a new question within FOLLOW_POLL_S of the
+    projector writing it, with one ledger row per window instead of one per
+    poll. The window is bounded because granian drains open connections on
+    shutdown: an endless stream would hold a stopping server forever.
+    """
+    last: list[tuple[str, str]] | None = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FOLLOW_WINDOW_S
+    while loop.time() < deadline:
+        page = _pending(deps)
+        key = [(q.question_id, q.status) for q in page.data]
+        if key != last:
+            last = key
+            yield sse.event(page)
+        await asyncio.sleep(FOLLOW_POLL_S)
+    yield sse.DONE

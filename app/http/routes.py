@@ -1,4 +1,4 @@
-"""Route names used in records, counts and the ledger (SPEC §9)."""
+"""Route names used in records, counts and the ledger (app.projections.runs.ROUTES lists them)."""
 
 from __future__ import annotations
 

@@ -18,8 +18,14 @@ from app.events.run import Finished, Fired, ModelCalled
 from app.projections.rows import Insert, RowOp, Update
 
 __all__ = [
+    "OPERATOR_ROUTES",
+    "OUTCOMES",
+    "ROUTES",
     "RUNS_SCHEMA",
+    "TRAFFIC",
+    "AmbiguousId",
     "event_data",
+    "find_request_ids",
     "get_run",
     "list_runs",
     "project",
@@ -64,6 +70,34 @@ CREATE TABLE IF NOT EXISTS openai_compat_run_events (
     PRIMARY KEY (request_id, version)
 );
 """
+
+# The ledger's vocabulary: filters are checked against it, so a typo is an error, not an empty answer.
+ROUTES = (
+    "chat_completions",
+    "models_list",
+    "posture",
+    "runs_list",
+    "run_events_list",
+    "permissions",
+    "unmatched",
+)
+OPERATOR_ROUTES = ("posture", "runs_list", "run_events_list", "permissions")  # an operator's own reads
+OUTCOMES = (
+    "final_answer",
+    "clarification",
+    "queued",
+    "resumed",
+    "cancelled",
+    "model_override_applied",
+    "model_override_rejected",
+    "auth_failed",
+    "invalid_request",
+    "recovery_failed",
+    "k8s_retry_failed",
+    "persist_failed",
+    "error_500",
+)
+TRAFFIC = ("all", "client", "operator")  # client = every route but OPERATOR_ROUTES
 
 _IDENTITY = {"originator_id", "originator_version", "timestamp"}
 _encode = msgspec.json.Encoder().encode
@@ -143,12 +177,22 @@ def list_runs(
     limit: int = 50,
     before_seq: int | None = None,
     filters: dict[str, str] | None = None,
+    traffic: str = "all",
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Newest first; returns rows and the cursor (a seq) of the next page."""
-    where, params = [], []
+    """Newest first; returns rows and the cursor (a seq) of the next page.
+
+    `traffic` "client" leaves out an operator's own reads (posture, ledger,
+    timelines, permissions), which a polling TUI would otherwise crowd in.
+    """
+    where: list[str] = []
+    params: list[Any] = []
     if before_seq is not None:
         where.append("seq < ?")
         params.append(before_seq)
+    if traffic != "all":
+        marks = ", ".join("?" * len(OPERATOR_ROUTES))
+        where.append(f"route {'NOT IN' if traffic == 'client' else 'IN'} ({marks})")
+        params.extend(OPERATOR_ROUTES)
     for column, value in (filters or {}).items():
         where.append(f"{column} = ?")
         params.append(value)
@@ -169,6 +213,28 @@ def get_run(conn: Any, request_id: str) -> dict[str, Any] | None:
     return _run_row(row) if row is not None else None
 
 
+class AmbiguousId(LookupError):
+    """An id prefix that names more than one run; `candidates` lists them."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        shown = ", ".join(c[:12] for c in candidates[:10]) + (" ..." if len(candidates) > 10 else "")
+        super().__init__(f"id prefix '{prefix}' is ambiguous: it matches {shown}")
+        self.candidates = candidates
+
+
+def find_request_ids(conn: Any, prefix: str, limit: int = 11) -> list[str]:
+    """Request ids starting with `prefix` (dashes and case ignored), at most `limit`."""
+    wanted = prefix.replace("-", "").lower()
+    if not wanted or any(c not in "0123456789abcdef" for c in wanted):
+        return []
+    rows = conn.execute(
+        "SELECT request_id FROM openai_compat_runs WHERE request_id >= ? AND request_id < ? "
+        "ORDER BY request_id LIMIT ?",
+        (wanted, wanted + "g", limit),
+    )
+    return [r[0] for r in rows]
+
+
 def run_events(conn: Any, request_id: str, after_version: int = 0) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT version, seq, type, at, data FROM openai_compat_run_events "
@@ -182,14 +248,12 @@ def run_count(conn: Any) -> int:
     return conn.execute("SELECT count(*) FROM openai_compat_runs").fetchone()[0]
 
 
-OPERATOR_ROUTES = ("posture", "runs_list", "run_events_list")
-
-
 def recent_outcomes(conn: Any, n: int = 5) -> list[dict[str, Any]]:
     """The last terminal outcomes of client traffic (an operator's own polling would crowd them out)."""
+    marks = ", ".join("?" * len(OPERATOR_ROUTES))
     rows = conn.execute(
         "SELECT request_id, elapsed_ms, outcome FROM openai_compat_runs "
-        "WHERE ended_seq IS NOT NULL AND route NOT IN (?, ?, ?) ORDER BY ended_seq DESC LIMIT ?",
+        f"WHERE ended_seq IS NOT NULL AND route NOT IN ({marks}) ORDER BY ended_seq DESC LIMIT ?",
         (*OPERATOR_ROUTES, n),
     )
     return [{"request_id": r, "elapsed_ms": e, "outcome": o} for r, e, o in rows]

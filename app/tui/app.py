@@ -28,7 +28,7 @@ from app.tui.widgets import PALETTE, TuiScreen
 
 __all__ = ["REFRESH_S", "build", "new_session_id", "run_tui"]
 
-REFRESH_S = 10.0  # every poll is itself a ledger row: live enough, without flooding the ledger
+REFRESH_S = 10.0  # posture poll (each is a ledger row); questions arrive by the live watch
 
 
 def new_session_id() -> str:
@@ -45,15 +45,20 @@ def build(
     post: Callable[[Callable[[], None]], None],
     spawn: Callable[[Callable[[], None]], None],
     on_quit: Callable[[], None],
+    watch: bool = False,
 ) -> tuple[TuiScreen, Controller]:
-    """The screen and its controller, wired to each other (no event loop needed)."""
+    """The screen and its controller, wired to each other (no event loop needed).
+
+    `watch` follows the pending questions live (the app always does; widget
+    tests with an inline spawn must not, a watch never returns).
+    """
     holder: dict[str, Controller] = {}
     screen = TuiScreen(
         on_submit=lambda text: holder["c"].submit(text),
         on_escape=lambda: holder["c"].escape(),
         on_quit=on_quit,
     )
-    controller = Controller(client, screen, post=post, spawn=spawn)
+    controller = Controller(client, screen, post=post, spawn=spawn, watch=watch)
     holder["c"] = controller
     return screen, controller
 
@@ -70,7 +75,7 @@ def run_tui(client: BmoClient, *, refresh_s: float = REFRESH_S) -> int:
         with contextlib.suppress(RuntimeError, KeyError):  # the loop already stopped
             loop_ref["loop"].call_from_thread(callback)
 
-    screen, controller = build(client, post=post, spawn=spawn_daemon, on_quit=_exit_loop)
+    screen, controller = build(client, post=post, spawn=spawn_daemon, on_quit=_exit_loop, watch=True)
     loop = urwid.MainLoop(screen, PALETTE, handle_mouse=False)
     loop_ref["loop"] = loop
 
@@ -80,6 +85,9 @@ def run_tui(client: BmoClient, *, refresh_s: float = REFRESH_S) -> int:
 
     loop.set_alarm_in(0, lambda _l, _d: controller.start())
     loop.set_alarm_in(refresh_s, tick)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C quits like /quit
-        loop.run()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C quits like /quit
+            loop.run()
+    finally:
+        controller.close()
     return 0

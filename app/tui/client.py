@@ -138,8 +138,11 @@ class BmoClient:
     def posture(self) -> dict[str, Any]:
         return self._get("/v1/openai-compat/posture")
 
-    def runs(self, *, limit: int = 30, route: str | None = None) -> list[dict[str, Any]]:
-        return list(self._get("/v1/openai-compat/runs", limit=limit, route=route).get("data") or [])
+    def runs(
+        self, *, limit: int = 30, route: str | None = None, traffic: str | None = None
+    ) -> list[dict[str, Any]]:
+        page = self._get("/v1/openai-compat/runs", limit=limit, route=route, traffic=traffic)
+        return list(page.get("data") or [])
 
     def run_events(self, request_id: str) -> list[dict[str, Any]]:
         return list(self._get(f"/v1/openai-compat/runs/{request_id}/events").get("data") or [])
@@ -170,6 +173,29 @@ class BmoClient:
                         yield payload
         except httpx.HTTPError as exc:
             raise ApiError(f"follow {request_id[:8]}: {type(exc).__name__}") from None
+
+    def follow_permissions(self) -> Iterator[list[dict[str, Any]]]:
+        """The pending questions now, then each time they change (SSE `follow=true`), until closed."""
+        timeout = httpx.Timeout(10.0, read=CHAT_READ_TIMEOUT_S)
+        try:
+            with self._http.stream(
+                "GET", "/v1/permissions", params={"follow": "true"}, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_message(response)
+                for payload in _sse_payloads(response.iter_lines()):
+                    if isinstance(payload, dict):
+                        rows = payload.get("data") or []
+                        yield [q for q in rows if q.get("status", "pending") == "pending"]
+        except httpx.HTTPError as exc:
+            raise ApiError(f"follow questions: {type(exc).__name__}") from None
+
+    def session_of(self, request_id: str) -> str:
+        """The session a run belongs to (its `Fired` event), "" when it named none."""
+        events = self._get(f"/v1/openai-compat/runs/{request_id}/events").get("data") or []
+        fired = next((e for e in events if e.get("type") == "Fired"), None)
+        return str((fired or {}).get("data", {}).get("session_id") or "")
 
     def chat(self, prompt: str, *, model: str | None = None) -> Iterator[ChatEvent]:
         """One turn in this TUI's session, streamed; the server keeps the transcript."""

@@ -28,7 +28,10 @@ PRIMARY = "/openai-compat /run-ledger /runs /questions /help /quit"
 
 HELP: tuple[tuple[str, str], ...] = (
     ("/openai-compat  (/openwebui)", "live posture report: policies, models, ledger, routes, UAs"),
-    ("/run-ledger  (/ledger)", "ledger size, degraded flag, newest rows (all routes)"),
+    (
+        "/run-ledger [all]  (/ledger)",
+        "ledger size, degraded flag, newest client runs (all: with operator reads)",
+    ),
     ("/runs [N|ID]", "recent chat runs; Enter (or N / an id prefix) replays its timeline"),
     ("/questions [allow|allow_session|deny N]", "pending permission questions: allow or deny"),
     ("/help", "this help"),

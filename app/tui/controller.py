@@ -11,6 +11,8 @@ a run blocked on a permission question never blocks drawing or typing.
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -24,6 +26,7 @@ __all__ = ["Controller", "Screen"]
 RUNS_LIMIT = 30
 UNREACHABLE = "server unreachable (showing the last known posture)"
 LEDGER_ROWS = 20
+WATCH_BACKOFF_S = (1.0, 30.0)  # reconnect delays of the question watch: first, longest
 
 Post = Callable[[Callable[[], None]], None]
 Spawn = Callable[[Callable[[], None]], None]
@@ -49,7 +52,9 @@ class Screen(Protocol):
 
 
 class Controller:
-    def __init__(self, client: BmoClient, screen: Screen, *, post: Post, spawn: Spawn) -> None:
+    def __init__(
+        self, client: BmoClient, screen: Screen, *, post: Post, spawn: Spawn, watch: bool = False
+    ) -> None:
         self.client = client
         self.screen = screen
         self._post = post
@@ -66,6 +71,9 @@ class Controller:
         self._answer_handle: object = None
         self._view_seq = 0
         self._refreshing = False
+        self._watch = watch  # follow the pending questions live (the app; tests that want it)
+        self._sessions: dict[str, str] = {}  # request id -> the session that asked (UI thread)
+        self._stopping = threading.Event()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -128,6 +136,86 @@ class Controller:
             "type a prompt (try: list files) or /help"
         )
         self.refresh()
+        if self._watch:
+            self._watch_questions()
+
+    def close(self) -> None:
+        """Stop the question watch (it ends at its next reconnect attempt)."""
+        self._stopping.set()
+
+    def _watch_questions(self) -> None:
+        """Follow the pending questions: a question from any client reaches the sidebar at once.
+
+        One long request (`GET /v1/permissions?follow=true`, a 15 s window the
+        server ends) at a time instead of a poll every few seconds; it watches
+        on at once after a window, and with backoff when the server goes away.
+        """
+        first, longest = WATCH_BACKOFF_S
+
+        def run() -> None:
+            sessions: dict[str, str] = {}  # this thread's own cache
+            delay = first
+            while not self._stopping.is_set():
+                opened = time.monotonic()
+                try:
+                    for questions in self.client.follow_permissions():
+                        delay = first
+                        labelled = self._with_sessions(questions, sessions)
+                        self._post(functools.partial(self._questions_pushed, labelled))
+                    if time.monotonic() - opened >= first:
+                        continue  # the server ended a full window: watch on at once
+                except Exception:  # the server went away or restarted: try again later
+                    pass
+                self._stopping.wait(delay)
+                delay = min(delay * 2, longest)
+
+        self._spawn(run)
+
+    def _with_sessions(
+        self, questions: list[dict[str, Any]], sessions: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """Worker thread: each question with the session of the run that asked it."""
+        for question in questions:
+            request_id = str(question.get("request_id") or "")
+            if request_id and request_id not in sessions:
+                try:
+                    sessions[request_id] = self.client.session_of(request_id)
+                except ApiError:
+                    continue
+        return [
+            {**q, "session_id": sessions[str(q.get("request_id"))]}
+            if str(q.get("request_id")) in sessions
+            else q
+            for q in questions
+        ]
+
+    def _label(self, questions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """UI thread: add the sessions already known to questions read by a plain poll."""
+        return [
+            {**q, "session_id": self._sessions[str(q.get("request_id"))]}
+            if "session_id" not in q and str(q.get("request_id")) in self._sessions
+            else q
+            for q in questions
+        ]
+
+    def _questions_pushed(self, questions: list[dict[str, Any]]) -> None:
+        for question in questions:
+            if "session_id" in question:
+                self._sessions[str(question.get("request_id"))] = str(question["session_id"])
+        known = {q.get("question_id") for q in self.questions}
+        new = [q for q in questions if q.get("question_id") not in known]
+        changed = [q.get("question_id") for q in questions] != [q.get("question_id") for q in self.questions]
+        self.questions = questions
+        self._render_sidebar()
+        if self.view == "questions" and changed:
+            self._show_questions()
+        if new:
+            asked = new[-1]
+            self.screen.flash(
+                f"⏸ new permission question: {asked.get('tool')} from "
+                f"{views.session_label(asked.get('session_id'))} — answer with /questions",
+                "warn",
+            )
 
     def refresh(self) -> None:
         """Posture and pending questions, for the sidebar and an open live view."""
@@ -135,8 +223,10 @@ class Controller:
             return
         self._refreshing = True
 
-        def work() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            return self.client.posture(), self.client.permissions()
+        watching = self._watch  # the watch brings questions: no permissions poll (one ledger row less)
+
+        def work() -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+            return self.client.posture(), None if watching else self.client.permissions()
 
         def failed(message: str) -> None:
             self._refreshing = False
@@ -146,9 +236,10 @@ class Controller:
 
         self._job(work, self._refreshed, failed)
 
-    def _refreshed(self, result: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    def _refreshed(self, result: tuple[dict[str, Any], list[dict[str, Any]] | None]) -> None:
         self._refreshing = False
-        posture, questions = result
+        posture, polled = result
+        questions = self.questions if polled is None else self._label(polled)
         self.posture = posture
         changed = [q.get("question_id") for q in questions] != [q.get("question_id") for q in self.questions]
         self.questions = questions
@@ -177,7 +268,7 @@ class Controller:
     def run_command(self, command: Command) -> None:
         handlers: Mapping[str, Callable[[tuple[str, ...]], None]] = {
             "posture": lambda _args: self.open_posture(),
-            "ledger": lambda _args: self.open_ledger(),
+            "ledger": self.open_ledger,
             "runs": self.open_runs,
             "questions": self.open_questions,
             "help": lambda _args: self.open_help(),
@@ -316,18 +407,20 @@ class Controller:
 
         self._job(self.client.posture, done)
 
-    def open_ledger(self) -> None:
+    def open_ledger(self, args: tuple[str, ...] = ()) -> None:
+        """Client traffic by default; `/run-ledger all` adds the operator's own reads (this TUI's polls)."""
         seq = self._open("ledger")
         self.screen.show_lines(["loading the run ledger…"])
+        traffic = "all" if args and args[0].lower() == "all" else "client"
 
         def work() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            return self.client.posture(), self.client.runs(limit=LEDGER_ROWS)
+            return self.client.posture(), self.client.runs(limit=LEDGER_ROWS, traffic=traffic)
 
         def done(result: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
             self.posture, rows = result
             self._render_sidebar()
             if self._current(seq):
-                self.screen.show_lines(views.ledger_lines(self.posture, rows))
+                self.screen.show_lines(views.ledger_lines(self.posture, rows, everything=traffic == "all"))
 
         self._job(work, done)
 
@@ -385,13 +478,13 @@ class Controller:
             decision = ""
 
         def done(questions: list[dict[str, Any]]) -> None:
-            self.questions = questions
+            self.questions = self._label(questions)
             self._render_sidebar()
             if not self._current(seq):
                 return
             self._show_questions()
             if decision:
-                found = _pick(questions, args[1], "question_id")
+                found = _pick(self.questions, args[1], "question_id")
                 if found is None:
                     self.screen.flash(f"no pending question '{args[1]}'", "error")
                 else:

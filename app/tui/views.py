@@ -150,7 +150,9 @@ def posture_lines(posture: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def ledger_lines(posture: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def ledger_lines(
+    posture: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]], *, everything: bool = False
+) -> list[str]:
     """The `/run-ledger` view: size, the degraded flag, outcome tally, newest rows."""
     lines = ["Run ledger (read-only; Esc: back)"]
     if posture:
@@ -164,6 +166,11 @@ def ledger_lines(posture: Mapping[str, Any] | None, rows: Sequence[Mapping[str, 
         tally[key] = tally.get(key, 0) + 1
     summary = "  ".join(f"{k}={v}" for k, v in sorted(tally.items()))
     lines.append(f"newest {len(rows)}: {summary or '(empty)'}")
+    lines.append(
+        "all traffic, operator reads included"
+        if everything
+        else "client traffic only (/run-ledger all adds operator reads: posture, runs, permissions)"
+    )
     lines += runs_lines(rows, show_route=True, numbered=False)
     return lines
 
@@ -238,17 +245,22 @@ def timeline_lines(events: Sequence[Mapping[str, Any]], *, request_id: str = "")
     return lines
 
 
+def session_label(session_id: object) -> str:
+    """Which chat asked: `session <id>`, or that the request named none."""
+    return f"session {session_id}" if session_id else "no session (a one-off request)"
+
+
 def question_lines(question: Mapping[str, Any], index: int) -> list[str]:
-    """One pending permission question: what it allows, for which run, until when."""
+    """One pending permission question: what it allows, which session asked, for which run, until when."""
     expires = str(question.get("expires_at") or "")[11:19]
-    session = question.get("session_id") or "-"
+    asked_by = f"{session_label(question['session_id'])}, " if "session_id" in question else ""
+    run = short_id(question.get("request_id"))
     shown = question.get("arguments_display")
     if shown is None:  # an older server: escape here
         shown = display_arguments(str(question.get("arguments", "")))
     digest = str(question.get("arguments_digest") or "")[:16]
     return [
-        f"[{index}] {question.get('tool')} wants to run (run {short_id(question.get('request_id'))},"
-        f" session {session}, expires {expires or '?'})",
+        f"[{index}] {question.get('tool')} wants to run ({asked_by}run {run}, expires {expires or '?'})",
         *(f"    {line}" for line in str(shown).split("\n")),  # complete: never clipped
         f"    sha256 {digest}…" if digest else "    (no digest)",
     ]
@@ -260,7 +272,7 @@ def help_lines(commands: Iterable[tuple[str, str]]) -> list[str]:
     lines += [
         "keys",
         "  Enter      send the prompt / run the command",
-        "  Tab        move focus between the view and the input line",
+        "  Tab        move focus between the view and the input line (in /questions: the buttons)",
         "  ↑ ↓ PgUp   scroll; Enter on a run or a button selects it",
         "  Esc        back to the chat",
         "  Ctrl-C     quit (like /quit)",

@@ -15,7 +15,7 @@ import urwid
 
 from app.tui.views import DEGRADED_WARNING, Segment
 
-__all__ = ["PALETTE", "SIDEBAR_COLS", "WIDE_COLS", "AnswerHandle", "Row", "TuiScreen"]
+__all__ = ["PALETTE", "SIDEBAR_COLS", "WIDE_COLS", "AnswerHandle", "Choice", "Row", "TuiScreen"]
 
 WIDE_COLS = 110
 SIDEBAR_COLS = 44
@@ -48,6 +48,45 @@ class Row(urwid.Text):
             self._action()
             return None
         return key
+
+
+class Choice(urwid.Widget):
+    """A button whose focus shows as a marker (`▸< Allow >`), not only as a colour.
+
+    A colour alone is lost on monochrome terminals, in tmux captures and for
+    colour-blind operators. Enter or space presses it.
+    """
+
+    _selectable = True
+    _sizing = frozenset([urwid.Sizing.FLOW])
+
+    def __init__(self, label: str, on_press: Callable[[], None]) -> None:
+        super().__init__()
+        self._plain = urwid.Text(f" < {label} >", wrap="clip")
+        self._marked = urwid.Text(("focus", f"▸< {label} >"), wrap="clip")
+        self._on_press = on_press
+
+    @staticmethod
+    def width(label: str) -> int:
+        return len(label) + 5
+
+    def rows(self, size: tuple[int], focus: bool = False) -> int:
+        return 1
+
+    def render(self, size: tuple[int], focus: bool = False) -> urwid.Canvas:
+        return (self._marked if focus else self._plain).render(size, focus)
+
+    def keypress(self, size: tuple[int], key: str) -> str | None:
+        if key in ("enter", " "):
+            self._on_press()
+            return None
+        return key
+
+    def mouse_event(self, size: tuple[int], event: str, button: int, col: int, row: int, focus: bool) -> bool:
+        if event == "mouse press" and button == 1:
+            self._on_press()
+            return True
+        return False
 
 
 class AnswerHandle:
@@ -86,6 +125,7 @@ class TuiScreen(urwid.WidgetWrap):
         self._status = urwid.Text("", wrap="ellipsis")
         self._sidebar = urwid.Text("")
         self._focus_body = False
+        self._buttons: list[tuple[int, int]] = []  # (row, column) of each button in the view, in Tab order
         self._wide = self._wide_layout()
         self._narrow = self._narrow_layout()
         super().__init__(self._narrow)
@@ -150,6 +190,9 @@ class TuiScreen(urwid.WidgetWrap):
 
     def keypress(self, size: tuple[int, ...], key: str) -> str | None:
         main = self._sync(size)
+        if key in ("tab", "shift tab") and self._buttons:
+            self._cycle_buttons(forward=key == "tab")
+            return None
         if key == "tab":
             self.focus_body(not self._focus_body)
             return None
@@ -179,6 +222,25 @@ class TuiScreen(urwid.WidgetWrap):
         cols = size[0] - (SIDEBAR_COLS + 1 if self.wide else 0)
         rows = size[1] - (3 if self.wide else 5) if len(size) > 1 else 10
         return max(1, cols), max(1, rows)
+
+    def _cycle_buttons(self, *, forward: bool) -> None:
+        """Tab / Shift-Tab: every button of the view in turn, then the input line."""
+        listbox = self._body.original_widget
+        stops = self._buttons
+        current = len(stops)  # the input line
+        if self._focus_body:
+            row = listbox.focus_position
+            col = getattr(listbox.body[row], "focus_position", None)
+            if (row, col) in stops:
+                current = stops.index((row, col))
+        target = (current + (1 if forward else -1)) % (len(stops) + 1)
+        if target == len(stops):
+            self.focus_body(False)
+            return
+        row, col = stops[target]
+        listbox.focus_position = row
+        listbox.body[row].focus_position = col
+        self.focus_body(True)
 
     def focus_body(self, body: bool = True) -> None:
         self._focus_body = body
@@ -256,11 +318,13 @@ class TuiScreen(urwid.WidgetWrap):
     # -- views ----------------------------------------------------------------
 
     def _show(self, widgets: list[urwid.Widget], *, focus: bool = False) -> None:
+        self._buttons = []
         walker = urwid.SimpleFocusListWalker(widgets)
         self._body.original_widget = urwid.ListBox(walker)
         self.focus_body(focus)
 
     def show_chat(self) -> None:
+        self._buttons = []
         self._body.original_widget = self._chat
         self._scroll_to_end()
         self.focus_body(False)
@@ -279,24 +343,26 @@ class TuiScreen(urwid.WidgetWrap):
         self, header: Sequence[str], items: Sequence[tuple[Sequence[str], Callable[[str], None]]]
     ) -> None:
         widgets: list[urwid.Widget] = [_text(line, "title") for line in header]
-        first = len(widgets)
+        stops: list[tuple[int, int]] = []
         for lines, decide in items:
             widgets += [_text(line) for line in lines]
-            allow = urwid.Button("Allow once", on_press=lambda _b, d=decide: d("allow"))
-            session = urwid.Button("Allow for session", on_press=lambda _b, d=decide: d("allow_session"))
-            deny = urwid.Button("Deny", on_press=lambda _b, d=decide: d("deny"))
+            allow = Choice("Allow once", lambda d=decide: d("allow"))
+            session = Choice("Allow for session", lambda d=decide: d("allow_session"))
+            deny = Choice("Deny", lambda d=decide: d("deny"))
             buttons = urwid.Columns(
                 [
-                    ("given", 4, urwid.Text("")),
-                    ("given", 14, urwid.AttrMap(allow, None, focus_map="focus")),
-                    ("given", 21, urwid.AttrMap(session, None, focus_map="focus")),
-                    ("given", 8, urwid.AttrMap(deny, None, focus_map="focus")),
+                    ("given", 3, urwid.Text("")),
+                    ("given", Choice.width("Allow once"), allow),
+                    ("given", Choice.width("Allow for session"), session),
+                    ("given", Choice.width("Deny"), deny),
                 ],
                 dividechars=2,
                 focus_column=1,
             )
+            stops += [(len(widgets), 1), (len(widgets), 2), (len(widgets), 3)]
             widgets.append(buttons)
             widgets.append(urwid.Divider())
         self._show(widgets, focus=True)
-        if items:
-            self._body.original_widget.focus_position = first + len(items[0][0])
+        self._buttons = stops
+        if stops:
+            self._body.original_widget.focus_position = stops[0][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -152,3 +153,129 @@ def test_serve_recovers_runs_left_open_by_a_crash(tmp_path: Path, workspace: Pat
         assert "recovered 1 interrupted run" in server.stderr()
     finally:
         server.stop()
+
+
+def _bmo_popen(args: list[str], tmp_path: Path, data: str = "data2") -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env.pop("BMO_AUTH_TOKEN", None)
+    env["BMO_GLOBAL_DATA"] = str(tmp_path / data)
+    env["BMO_GLOBAL_CONFIG"] = str(tmp_path / "cfg")
+    return subprocess.Popen(
+        [sys.executable, "-m", "app", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int | None, str]:
+    """The exit code and stderr; a process still running after `timeout` is stopped (code None)."""
+    import signal
+
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        return None, err
+
+
+def test_a_second_server_on_a_used_port_is_refused_and_the_first_keeps_auth(
+    tmp_path: Path, workspace: Path
+) -> None:
+    first = BmoServer(workspace=workspace, data_dir=tmp_path / "data").start()
+    try:
+        second = _bmo_popen(["serve", "--addr", f"127.0.0.1:{first.port}", "--allow-no-auth"], tmp_path)
+        code, err = _finish(second)
+        assert code is not None and code != 0, f"second server kept running: {err}"
+        assert f"127.0.0.1:{first.port}" in err and "in use" in err
+        assert "Traceback" not in err
+        statuses = [httpx.get(first.base_url + "/v1/models").status_code for _ in range(10)]
+        assert statuses == [401] * 10
+        ok = httpx.get(first.base_url + "/v1/models", headers=first.headers)
+        assert ok.status_code == 200
+    finally:
+        first.stop()
+
+
+def test_a_host_name_is_resolved_and_judged_on_the_address(tmp_path: Path, workspace: Path) -> None:
+    from tests.e2e.server import free_port
+
+    port = free_port()
+    proc = _bmo_popen(["serve", "--addr", f"localhost:{port}", "--allow-no-auth"], tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None and not ready:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert ready, f"bmo serve --addr localhost:{port} did not serve"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200
+    finally:
+        _, err = _finish(proc, timeout=0.1)
+    assert "Traceback" not in err
+    bad = run_bmo(["serve", "--addr", "no-such-host.invalid:9", "--allow-no-auth"], tmp_path)
+    assert bad.returncode == 2 and "no-such-host.invalid" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_host_name_resolving_off_loopback_needs_auth() -> None:
+    from app.cli.serve import decide_bind
+    from app.config import Settings
+
+    def resolve(host: str, port: int) -> list[str]:
+        return {"lan.example": ["192.0.2.7"], "lo.example": ["127.0.0.1", "::1"]}[host]
+
+    settings = Settings()
+    try:
+        decide_bind(settings, addr="lan.example:9", token=None, allow_no_auth=True, env={}, resolve=resolve)
+        raise AssertionError("no-auth on a name resolving off loopback was accepted")
+    except ValueError as exc:
+        assert "non-loopback" in str(exc) and "192.0.2.7" in str(exc)
+    lan = decide_bind(settings, addr="lan.example:9", token="t", allow_no_auth=False, env={}, resolve=resolve)
+    assert (lan.host, lan.port) == ("192.0.2.7", 9) and lan.warnings
+    lo = decide_bind(settings, addr="lo.example:9", token=None, allow_no_auth=True, env={}, resolve=resolve)
+    assert lo.host == "127.0.0.1" and not lo.warnings
+
+
+def test_a_default_model_no_provider_serves_is_refused_at_startup(tmp_path: Path) -> None:
+    (tmp_path / "bmo.toml").write_text(
+        '[options]\nmodel = "ollama/qwen"\n[providers.up]\ntype = "openai"\n'
+        'base_url = "http://127.0.0.1:1/v1"\nmodels = ["m1"]\n'
+    )
+    result = run_bmo(["serve", "--allow-no-auth", "--addr", "127.0.0.1:1"], tmp_path)
+    assert result.returncode == 2
+    assert "bmo.toml" in result.stderr and "options.model" in result.stderr
+    assert "ollama/qwen" in result.stderr and "bmo/local" in result.stderr and "up/m1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_banner_says_what_an_operator_needs(tmp_path: Path, workspace: Path) -> None:
+    server = BmoServer(
+        workspace=workspace,
+        data_dir=tmp_path / "data",
+        config_text='[options.openai_compat]\ntool_policy = "auto_approve"\n',
+    ).start()
+    try:
+        banner = server.stderr()
+    finally:
+        server.stop()
+    assert f"workspace      {workspace}" in banner
+    assert str(workspace / "bmo.toml") in banner
+    assert "models         bmo/local" in banner
+    assert "tool policy    auto_approve" in banner
+    assert "auth           bearer token" in banner
+    assert f"http://127.0.0.1:{server.port}/v1" in banner
+
+
+def test_version_is_the_package_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = run_bmo(["--version"], tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == version("bmo") == "0.1.0"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -210,3 +211,33 @@ def test_a_second_sigterm_ends_runs_at_once(
     again = _restart(make_server, upstream)
     for s in streams:
         assert [f["data"]["error"] for f in _finished(again, s.request_id)] == ["interrupted"]
+
+
+def test_kill_9_of_the_server_leaves_no_worker_or_projector_behind(
+    make_server: Callable[..., BmoServer],
+) -> None:
+    """The projector and granian's workers hold no reason to live once `bmo serve` is gone."""
+    server = make_server()
+    assert server.proc is not None
+    children = subprocess.run(
+        ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    kinds = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in children}
+    assert any("projections run" in cmd for cmd in kinds.values()), kinds
+    assert any("granian" in cmd or "worker" in cmd for cmd in kinds.values()), kinds
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    deadline = time.monotonic() + 20
+    alive = list(children)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.1)
+    assert not alive, {pid: kinds[pid] for pid in alive}
+
+
+def _running(pid: str) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -6,10 +6,12 @@ drains them, exactly as `MainLoop.call_from_thread` hands them to urwid.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.tui.app import build, new_session_id
@@ -33,7 +35,7 @@ class Tui:
         self.screen: TuiScreen
         self.controller: Controller
         self.screen, self.controller = build(
-            self.client, post=self.bridge.post, spawn=self.bridge.spawn, on_quit=self._quit
+            self.client, post=self.bridge.post, spawn=self.bridge.spawn, on_quit=self._quit, watch=True
         )
         self.controller.start()
 
@@ -87,6 +89,7 @@ def tui_for(make_server: Callable[..., BmoServer]) -> Iterator[Callable[..., Tui
 
     yield make
     for tui in made:
+        tui.controller.close()
         tui.client.close()
 
 
@@ -155,8 +158,13 @@ def test_chat_report_runs_and_timeline(tui_for: Callable[..., Tui]) -> None:
     assert "list_dir ok" in timeline
 
     tui.type("/run-ledger")
-    ledger = tui.wait_for("Run ledger (read-only")
+    ledger = tui.wait_for("client traffic only", size=(120, 40))
     assert "chat_completions" in ledger
+    operator_rows = [line for line in ledger.splitlines() if " posture " in line or " permissions " in line]
+    assert operator_rows == []  # the TUI's own polls do not crowd the ledger
+    tui.type("/run-ledger all")
+    everything = tui.wait_for("operator reads included", size=(120, 40))
+    assert any(" posture " in line for line in everything.splitlines())
 
     tui.type("/nope")
     assert "unknown command /nope" in tui.wait_for("unknown command")
@@ -214,3 +222,89 @@ def test_sidebar_goes_degraded_and_back(tui_for: Callable[..., Tui], tmp_path: P
         return "OpenAI compat: enabled (chat_only)" in tui.text()
 
     tui.wait(recovered, "the degraded flag to clear")
+
+
+def _ask_from_another_client(server: BmoServer, session: str) -> threading.Thread:
+    """An Open WebUI-like client whose run waits on a permission question (chat_only)."""
+
+    def chat() -> None:
+        httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            headers={**server.headers, "X-BMO-Session-Id": session, "User-Agent": "Open-WebUI-test"},
+            json={"model": "bmo/local", "messages": [{"role": "user", "content": "run `echo pushed`"}]},
+            timeout=WAIT * 4,
+        )
+
+    thread = threading.Thread(target=chat, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_question_from_another_client_is_pushed_with_its_session(
+    make_server: Callable[..., BmoServer],
+) -> None:
+    server = make_server()
+    tui = Tui(server)
+    try:
+        tui.wait_for("OpenAI compat: enabled (chat_only)")
+        tui.wait_for("questions: 0")
+        thread = _ask_from_another_client(server, "owui-chat-42")
+        # no periodic refresh runs in this harness: only a push can bring it
+        tui.wait_for("questions: 1 pending")
+        assert "owui-chat-42" in tui.wait_for("permission question")
+        tui.type("/questions")
+        screen = tui.wait_for("< Allow once >")
+        assert "session owui-chat-42" in screen
+        tui.type("/questions deny 1")
+        tui.wait_for("denied: bash")
+        thread.join(WAIT)
+        tui.wait_for("questions: 0")
+    finally:
+        tui.controller.close()
+        tui.client.close()
+
+
+def _focused(screen: str) -> str:
+    return next((b for b in ("Allow once", "Allow for session", "Deny") if f"▸< {b} >" in screen), "")
+
+
+def test_question_buttons_show_focus_and_answer_to_tab_arrows_and_enter(
+    make_server: Callable[..., BmoServer],
+) -> None:
+    server = make_server()
+    tui = Tui(server)
+    try:
+        thread = _ask_from_another_client(server, "owui-chat-7")
+
+        def asked() -> bool:
+            tui.controller.refresh()  # independent of the push: this test is about the buttons
+            return bool(tui.controller.questions)
+
+        tui.wait(asked, "the question")
+        tui.type("/questions")
+        screen = tui.wait_for("< Deny >")
+        assert _focused(screen) == "Allow once"  # the focused button is marked, not only coloured
+        tui.screen.keypress(SIZE, "tab")
+        assert _focused(tui.text()) == "Allow for session"
+        tui.screen.keypress(SIZE, "tab")
+        assert _focused(tui.text()) == "Deny"
+        tui.screen.keypress(SIZE, "tab")  # past the last button: the input line
+        assert _focused(tui.text()) == ""
+        tui.screen.keypress(SIZE, "tab")  # and back to the first button
+        assert _focused(tui.text()) == "Allow once"
+        tui.screen.keypress(SIZE, "shift tab")
+        assert _focused(tui.text()) == ""
+        tui.screen.keypress(SIZE, "tab")
+        tui.screen.keypress(SIZE, "right")
+        assert _focused(tui.text()) == "Allow for session"
+        tui.screen.keypress(SIZE, "left")
+        assert _focused(tui.text()) == "Allow once"
+        tui.screen.keypress(SIZE, "right")
+        tui.screen.keypress(SIZE, "right")
+        assert _focused(tui.text()) == "Deny"
+        tui.screen.keypress(SIZE, "enter")
+        tui.wait_for("denied: bash")
+        thread.join(WAIT)
+    finally:
+        tui.controller.close()
+        tui.client.close()

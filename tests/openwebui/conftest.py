@@ -1,6 +1,6 @@
 """Fixtures: a cached Open WebUI venv, real `bmo serve` processes, Open WebUI in front of them.
 
-Three Open WebUI instances are started lazily (module scope), each in its own
+Four Open WebUI instances are started lazily (module scope), each in its own
 temp DATA_DIR, all offline on loopback:
 
 - `stack`: bmo (`chat_only`, token auth, `bmo/local` + a scripted upstream `up/fake-model`)
@@ -11,6 +11,8 @@ temp DATA_DIR, all offline on loopback:
 - `auto_stack`: bmo with `tool_policy = "auto_approve"` and its own scripted upstream;
   Open WebUI forwards the chat id but sets no task header (bmo falls back to `### Task:`);
   no trusted proxies, so the forwarded identity headers are ignored (and that is recorded).
+- `approval_stack`: `chat_only` bmo with `public_url` set (review links in the question
+  block) and a short `permission_timeout_s`, behind Open WebUI (test_approval_browser.py).
 - `wrong_key_webui`: a second Open WebUI against `stack`'s bmo with a wrong API key.
 
 Background tasks of chats on the scripted model go to `bmo/local`
@@ -29,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.server import BmoServer
+from tests.e2e.server import BmoServer, free_port
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.openwebui.install import InstallError, OpenWebUIVenv, ensure_venv
 from tests.openwebui.webui import OpenWebUI
@@ -109,6 +111,7 @@ def _start_stack(
     webui_env: dict[str, str],
     upstream: FakeOpenAI | None,
     bmo_env: dict[str, str] | None = None,
+    bmo_port: int | None = None,
 ) -> Iterator[Stack]:
     config = tmp / f"{name}-bmo.toml"  # outside the workspace, so the agent's file listing stays clean
     config.write_text(bmo_config)
@@ -117,6 +120,7 @@ def _start_stack(
         data_dir=tmp / f"{name}-bmo" / "data",
         extra_args=("--config", str(config)),
         extra_env=bmo_env or {},
+        **({"port": bmo_port} if bmo_port else {}),
     )
     webui = OpenWebUI(venv, tmp / f"{name}-webui", "", "", extra_env=webui_env)
     try:
@@ -161,6 +165,32 @@ def auto_stack(tmp_path_factory: pytest.TempPathFactory, owui_venv: OpenWebUIVen
         env = {"ENABLE_FORWARD_USER_INFO_HEADERS": "True", "TASK_MODEL_EXTERNAL": "bmo/local"}
         tmp = tmp_path_factory.mktemp("auto")
         yield from _start_stack(tmp, owui_venv, "auto_approve", config, env, fake)
+
+
+APPROVAL_TIMEOUT_S = 40
+
+
+@pytest.fixture(scope="module")
+def approval_stack(tmp_path_factory: pytest.TempPathFactory, owui_venv: OpenWebUIVenv) -> Iterator[Stack]:
+    """`chat_only` bmo with review links (`public_url` = its own address) and a short question timeout.
+
+    The timeout is short enough for the time-out scenario and long enough for a browser
+    to follow a link and press a button on a loaded machine; Open WebUI's own request
+    timeout is raised above it so the waiting turn is not cut by Open WebUI.
+    """
+    port = free_port()
+    config = (
+        '[options.openai_compat]\ntool_policy = "chat_only"\n'
+        f'permission_timeout_s = {APPROVAL_TIMEOUT_S}\npublic_url = "http://127.0.0.1:{port}"\n'
+    )
+    env = {
+        "ENABLE_FORWARD_USER_INFO_HEADERS": "True",
+        "TASK_MODEL_EXTERNAL": "bmo/local",
+        "AIOHTTP_CLIENT_TIMEOUT": "180",
+    }
+    trusted = {"BMO_REQUESTER_TRUSTED_PROXIES": "127.0.0.1"}
+    tmp = tmp_path_factory.mktemp("approval")
+    yield from _start_stack(tmp, owui_venv, "approval", config, env, None, trusted, bmo_port=port)
 
 
 @pytest.fixture(scope="module")

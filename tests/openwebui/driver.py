@@ -216,10 +216,133 @@ async def browser(req: dict[str, Any]) -> dict[str, Any]:
     return {"page_text": text, "url": url, "elapsed_s": round(time.monotonic() - started, 2)}
 
 
+async def _page_shows(page: Any, text: str, timeout_ms: int) -> None:
+    await page.wait_for_function(
+        "text => document.body.innerText.includes(text)", arg=text, timeout=timeout_ms
+    )
+
+
+async def _follow(context: Any, page: Any, link: Any, timeout_ms: int) -> Any:
+    """Click a chat link the way a user does: a `target=_blank` link opens a new tab."""
+    if (await link.get_attribute("target")) == "_blank":
+        async with context.expect_page(timeout=timeout_ms) as opened:
+            await link.click()
+        review = await opened.value
+    else:
+        await link.click()
+        review = page
+    await review.wait_for_load_state("domcontentloaded", timeout=timeout_ms)
+    return review
+
+
+async def _message_facts(message: Any) -> dict[str, Any]:
+    """How Open WebUI rendered the assistant message: text, links, code blocks."""
+    return await message.evaluate(
+        """el => ({
+            text: el.innerText,
+            links: [...el.querySelectorAll('a')].map(a => ({text: a.innerText, href: a.href,
+                                                            target: a.target})),
+            code_blocks: [...el.querySelectorAll('pre, .cm-content')].map(c => c.innerText),
+            bold: [...el.querySelectorAll('strong')].map(b => b.innerText),
+        })"""
+    )
+
+
+async def approval(req: dict[str, Any]) -> dict[str, Any]:
+    """One chat turn whose tool call asks a question, answered from the chat's links (or not).
+
+    `action`: "allow" follows "Review and allow" and presses *Allow once*; "deny"
+    follows "Deny" and presses *Deny*; "timeout" answers nothing. Then it waits on
+    the chat page for `expect` (the decision line) and `expect_after` (the answer).
+    """
+    from playwright.async_api import async_playwright
+
+    base: str = req["base"]
+    action: str = req["action"]
+    timeout_ms = int(float(req.get("timeout", 90)) * 1000)
+    decided_within_ms = int(float(req.get("decided_within", 90)) * 1000)
+    shots: dict[str, str] = req.get("screenshots", {})
+    result: dict[str, Any] = {"action": action}
+    started = time.monotonic()
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            req["user_data_dir"],
+            executable_path=req.get("executable", "/usr/bin/chromium"),
+            headless=True,
+            viewport={"width": 1280, "height": int(req.get("viewport_height", 900))},
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            await page.goto(f"{base}/?model={req['model']}", timeout=timeout_ms)
+            chat_input = page.locator("#chat-input")
+            await chat_input.wait_for(state="visible", timeout=timeout_ms)
+            await _dismiss_dialogs(page)
+            if shots:  # the "You're now logged in." toast would cover the chat in the screenshots
+                await page.add_style_tag(content="[data-sonner-toaster] { display: none !important; }")
+            await chat_input.click()
+            await page.keyboard.type(req["prompt"])
+            await page.keyboard.press("Enter")
+            # The question block, rendered live while the run waits for an answer.
+            review_link = page.get_by_role("link", name="Review and allow")
+            deny_link = page.get_by_role("link", name="Deny")
+            await review_link.wait_for(state="visible", timeout=timeout_ms)
+            await deny_link.wait_for(state="visible", timeout=timeout_ms)
+            await _page_shows(page, req["command"], timeout_ms)
+            message = page.locator("#response-content-container").last
+            result["question"] = await _message_facts(message)
+            result["question_seen_s"] = round(time.monotonic() - started, 2)
+            if shots.get("question"):
+                await message.scroll_into_view_if_needed()
+                await page.screenshot(path=shots["question"], full_page=False)
+            if action in ("allow", "deny"):
+                link = review_link if action == "allow" else deny_link
+                review = await _follow(context, page, link, timeout_ms)
+                button_name = "Allow once" if action == "allow" else "Deny"
+                button = review.get_by_role("button", name=button_name, exact=True)
+                await button.wait_for(state="visible", timeout=timeout_ms)
+                result["review_url"] = review.url
+                result["review_text"] = await review.evaluate("document.body.innerText")
+                result["review_focused"] = await review.evaluate(
+                    "document.activeElement && document.activeElement.innerText"
+                )
+                if shots.get("review"):
+                    await review.screenshot(path=shots["review"], full_page=True)
+                await button.click()
+                await _page_shows(review, "Decided", timeout_ms)
+                result["review_after"] = await review.evaluate("document.body.innerText")
+                await page.bring_to_front()
+            # Back in the chat: the decision line, then the rest of the answer.
+            await _page_shows(page, req["expect"], decided_within_ms)
+            for text in req.get("expect_after", []):
+                await _page_shows(page, text, timeout_ms)
+            # The turn is over once Open WebUI shows the message's action buttons again.
+            await page.locator("button[aria-label='Copy']").last.wait_for(state="visible", timeout=timeout_ms)
+            message = page.locator("#response-content-container").last
+            result["answer"] = await _message_facts(message)
+            if shots.get("answer"):
+                await message.scroll_into_view_if_needed()
+                await page.screenshot(path=shots["answer"], full_page=False)
+            result["url"] = page.url
+        finally:
+            await context.close()
+    result["elapsed_s"] = round(time.monotonic() - started, 2)
+    return result
+
+
 def main() -> None:
     command = sys.argv[1]
     req = json.loads(sys.stdin.read())
-    handler = {"turn": turn, "browser": browser}[command]
+    handler = {"turn": turn, "browser": browser, "approval": approval}[command]
     print(json.dumps(asyncio.run(handler(req))))
 
 

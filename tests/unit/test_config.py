@@ -86,7 +86,7 @@ def test_defaults_with_no_files(repo: Path, env: dict[str, str]) -> None:
     assert compat.permission_timeout_s == 120
     assert compat.session_header_fallbacks == ("X-OpenWebUI-Chat-Id",)
     assert compat.max_steps == 25
-    assert compat.task_header is None
+    assert compat.task_header == "X-OpenWebUI-Task"
     assert settings.options.telemetry.otel.enabled is False
     assert settings.options.telemetry.otel.protocol == "http/protobuf"
     assert settings.options.store.url == ""

@@ -213,7 +213,7 @@ def test_question_lines() -> None:
         "expires_at": "2026-11-25T21:17:25.448049+00:00",
     }
     assert views.question_lines(q, 1) == [
-        "[1] bash wants to run (run 157dede7…, session -, expires 21:17:25)",
+        "[1] bash wants to run (run 157dede7…, expires 21:17:25)",
         "    {",
         '      "command": "echo hi"',
         "    }",
@@ -322,3 +322,15 @@ def test_unknown_slash_is_a_helpful_message() -> None:
     assert "/help" in parsed.message
     bare = parse_input("/")
     assert isinstance(bare, Unknown)
+
+
+def test_a_question_names_the_session_that_asked() -> None:
+    base = {
+        "tool": "bash",
+        "request_id": "157dede7492b4f",
+        "expires_at": "2026-01-01T21:17:25",
+        "arguments": "",
+    }
+    assert "(session owui-1, run 157dede7…" in views.question_lines({**base, "session_id": "owui-1"}, 1)[0]
+    assert "(no session (a one-off request), run" in views.question_lines({**base, "session_id": ""}, 1)[0]
+    assert "(run 157dede7…" in views.question_lines(base, 1)[0]  # not looked up yet

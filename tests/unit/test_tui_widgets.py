@@ -39,6 +39,7 @@ class FakeClient:
         self.prompts: list[str] = []
         self.fail_posture = False
         self.runs_calls: list[str | None] = []
+        self.traffic_calls: list[str | None] = []
 
     def posture(self) -> dict[str, Any]:
         if self.fail_posture:
@@ -48,8 +49,11 @@ class FakeClient:
     def permissions(self) -> list[dict[str, Any]]:
         return list(self.questions)
 
-    def runs(self, *, limit: int = 30, route: str | None = None) -> list[dict[str, Any]]:
+    def runs(
+        self, *, limit: int = 30, route: str | None = None, traffic: str | None = None
+    ) -> list[dict[str, Any]]:
         self.runs_calls.append(route)
+        self.traffic_calls.append(traffic)
         return copy.deepcopy(RUNS)
 
     def run_events(self, request_id: str) -> list[dict[str, Any]]:
@@ -240,10 +244,13 @@ def test_run_ledger_view(h: Harness) -> None:
     h.type("/run-ledger")
     text = h.screen_text()
     assert h.client.runs_calls == [None]
+    assert h.client.traffic_calls == ["client"]  # the TUI's own polls stay out by default
     assert "Run ledger (read-only; Esc: back)" in text
     assert "size: 42 / 10000 runs (oldest pruned)" in text
-    h.type("/ledger")
-    assert "Run ledger" in h.screen_text()
+    assert "client traffic only" in text
+    h.type("/ledger all")
+    assert h.client.traffic_calls == ["client", "all"]
+    assert "operator reads included" in h.screen_text()
 
 
 def test_questions_allow_with_the_button(h: Harness) -> None:
@@ -253,7 +260,7 @@ def test_questions_allow_with_the_button(h: Harness) -> None:
     assert "questions: 1 pending" in h.text()[1]
     h.type("/questions")
     text = h.screen_text()
-    assert "[1] bash wants to run (run 157dede7…, session -, expires 21:17:25)" in text
+    assert "[1] bash wants to run (run 157dede7…, expires 21:17:25)" in text
     assert '"command": "echo hi"' in text
     assert "< Allow once >" in text and "< Deny >" in text and "< Allow for session >" in text
     h.key("enter")  # focus sits on Allow
