@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BmoError",
+    "ClientGone",
     "Conflict",
+    "HeadersTooLarge",
     "InternalError",
     "Interrupted",
     "InvalidRequest",
@@ -103,6 +105,20 @@ class UnsupportedMediaType(BmoError):
     status = 415
     type = "invalid_request_error"
     default_code = "unsupported_media_type"
+
+
+class HeadersTooLarge(BmoError):
+    status = 431
+    type = "invalid_request_error"
+    default_code = "headers_too_large"
+
+
+class ClientGone(BmoError):
+    """The client disconnected before its answer (nginx's 499; nobody reads the body)."""
+
+    status = 499
+    type = "invalid_request_error"
+    default_code = "client_disconnected"
 
 
 class RateLimited(BmoError):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from app.agent.drain import Drain
-from app.commands import FinishRun, FireRun
+from app.commands import CancelRun, FinishRun, FireRun
 from app.commands.execute import Executor
 from app.commands.note_run import IgnoreRequester
 from app.errors import BmoError
@@ -114,11 +114,13 @@ class RequestLifecycle:
             **extra,
         )
 
-    def finish_later(self, outcome: str, status_code: int, *, error: str = "") -> None:
+    def finish_later(self, outcome: str, status_code: int, *, error: str = "", by: str = "client") -> None:
         """Finish from a context that must not await (a cancelled task)."""
         if self.finished or self.closing is not None:
             return
-        self.closing = asyncio.get_running_loop().create_task(self.finish(outcome, status_code, error=error))
+        self.closing = asyncio.get_running_loop().create_task(
+            self.finish(outcome, status_code, error=error, by=by)
+        )
 
     async def settled(self) -> None:
         """Wait for a `finish_later` in flight."""
@@ -126,8 +128,15 @@ class RequestLifecycle:
             await asyncio.gather(self.closing, return_exceptions=True)
 
     async def finish(
-        self, outcome: str, status_code: int, *, error: str = "", finish_reason: str = ""
+        self,
+        outcome: str,
+        status_code: int,
+        *,
+        error: str = "",
+        finish_reason: str = "",
+        by: str = "client",
     ) -> None:
+        """The terminal event; a cancellation first records who cancelled (`by`) and why."""
         if self.finished:
             return
         if not self.fired:
@@ -147,6 +156,10 @@ class RequestLifecycle:
         if error:
             fields["error"] = error
         self.records.action(outcome=outcome, terminal=True, **fields)
+        if outcome == "cancelled":
+            await self.executor.execute(
+                CancelRun(run_id=self.run_id, at=datetime.now(UTC), reason=error or "cancelled", by=by)
+            )
         await self.executor.execute(
             FinishRun(
                 run_id=self.run_id,

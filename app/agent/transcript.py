@@ -1,14 +1,21 @@
-"""Messages and turn options as plain JSON (what session and queue events store)."""
+"""Messages and turn options as plain JSON (what session and queue events store),
+and the rule that decides which history a session's run answers.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from app.agent.turns import TurnOptions
 from app.providers.base import ChatMessage, ToolCall, ToolSchema
 
 __all__ = [
+    "Divergence",
+    "FollowedHistory",
+    "follow_client",
     "history_for",
     "message_from_dict",
     "message_to_dict",
@@ -54,9 +61,72 @@ def split_turn(messages: Sequence[ChatMessage]) -> tuple[tuple[ChatMessage, ...]
 def history_for(
     transcript: Sequence[dict[str, Any]], earlier: Sequence[ChatMessage], new_turn: Sequence[ChatMessage]
 ) -> tuple[ChatMessage, ...]:
-    """The server transcript wins; a session the server has no turns for keeps the client's history."""
-    past = tuple(message_from_dict(m) for m in transcript) if transcript else tuple(earlier)
-    return (*past, *new_turn)
+    """The history a session's run answers (see `follow_client`)."""
+    return follow_client(transcript, earlier, new_turn).messages
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    kept: int  # transcript messages the client's history agreed with
+    dropped: int  # transcript messages after them, replaced by the client's
+    client_messages: int  # messages of the request (history and new turn)
+
+
+@dataclass(frozen=True, slots=True)
+class FollowedHistory:
+    messages: tuple[ChatMessage, ...]
+    diverged: Divergence | None = None
+
+    def base(self, new_turn: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+        """The transcript the session keeps before this run's turn (when it diverged)."""
+        return [message_to_dict(m) for m in self.messages[: len(self.messages) - len(new_turn)]]
+
+
+# Tool activity the server streamed in the assistant's content (Open WebUI keeps it in the
+# message it sends back); the transcript holds the answer without it.
+_ACTIVITY = re.compile(r'<details type="tool_calls".*?</details>\n?', re.DOTALL)
+
+
+def _key(message: ChatMessage | dict[str, Any]) -> tuple[str, str]:
+    if isinstance(message, dict):
+        message = message_from_dict(message)
+    content = _ACTIVITY.sub("", message.content) if message.role == "assistant" else message.content
+    return message.role, content.strip()
+
+
+def follow_client(
+    transcript: Sequence[dict[str, Any]],
+    earlier: Sequence[ChatMessage],
+    new_turn: Sequence[ChatMessage],
+    *,
+    full_history: bool = False,
+) -> FollowedHistory:
+    """Which history a run in a session answers.
+
+    A client that sends its whole conversation (Open WebUI) gets the transcript's
+    messages while they agree with it; when its history diverges (regenerate: the
+    same conversation again; an edited earlier message; a branch), the session
+    follows the client: the run answers exactly the client's conversation, and the
+    divergence is returned so it can be recorded. A request with no assistant
+    message is ambiguous: a client that keeps its history on the server sends only
+    its new turn, which is appended to the transcript, unless it repeats the
+    transcript's beginning (a regenerate of the first answer) or the client is
+    known to send its whole conversation (`full_history`: the session came from
+    its own chat-id header), in which case it diverges like any other.
+    """
+    past = tuple(message_from_dict(m) for m in transcript)
+    if not past:
+        return FollowedHistory((*earlier, *new_turn))
+    client = (*earlier, *new_turn)
+    theirs, ours = [_key(m) for m in client], [_key(m) for m in transcript]
+    if earlier:
+        if theirs[: len(earlier)] == ours:
+            return FollowedHistory((*past, *new_turn))
+    elif not full_history and not (len(theirs) < len(ours) and ours[: len(theirs)] == theirs):
+        return FollowedHistory((*past, *new_turn))  # only the new turn was sent: append it
+    kept = next((i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b), None)
+    kept = min(len(theirs), len(ours)) if kept is None else kept
+    return FollowedHistory(client, Divergence(kept, len(ours) - kept, len(client)))
 
 
 def options_to_dict(options: TurnOptions) -> dict[str, Any]:

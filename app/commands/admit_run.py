@@ -1,7 +1,15 @@
-"""AdmitRun: a request wants to run in a session: activate it, or queue it, or refuse."""
+"""AdmitRun: a request wants to run in a session: activate it, or queue it, or refuse.
+
+One decision, one save: when the run has to wait, everything it needs to start
+(its turn, options and fired fields) is saved in the same `RunQueued` event, so
+a release that activates it a moment later can always start it.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from eventsourcing.domain import DomainEvent
 
 from app.commands.session_base import SessionCommand, opening, stamp_session
@@ -21,6 +29,11 @@ class AdmitRun(SessionCommand, frozen=True, kw_only=True):
     model: str
     requester: str
     max_queue_depth: int
+    by_request: str = ""
+    messages: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    earlier: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    fired: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
@@ -43,5 +56,10 @@ def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
             run_id=cmd.queued_run_id,
             position=len(state.queue) + 1,
             requester=cmd.requester,
+            by_request=cmd.by_request,
+            messages=cmd.messages,
+            earlier=cmd.earlier,
+            options=cmd.options,
+            fired=cmd.fired,
         ),
     )

@@ -1,4 +1,8 @@
-"""CancelRun: the client went away; the run stops and is marked cancelled."""
+"""CancelRun: the run stops before its end (client gone, server shutting down).
+
+Recorded before the terminal `Finished(outcome=cancelled)`: who or what
+cancelled it, and at which step of the agent loop.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ __all__ = ["CancelRun", "decide"]
 
 class CancelRun(RunCommand, frozen=True, kw_only=True):
     reason: str
+    by: str  # client | server
 
 
 def decide(state: RunState, cmd: CancelRun) -> tuple[Cancelled, ...]:
     if not state.is_open or state.cancelled:
         return ()
-    return (Cancelled(**stamp(state, cmd.at), reason=cmd.reason),)
+    return (Cancelled(**stamp(state, cmd.at), reason=cmd.reason, by=cmd.by, step=state.steps),)

@@ -30,8 +30,8 @@ from app.commands import (
     drop_queued_run,
     finish_run,
     fire_run,
+    follow_history,
     note_run,
-    note_turn,
     queue_run,
     record_model_call,
     record_tool_call,
@@ -80,10 +80,12 @@ _DECIDERS: dict[type[Command], tuple[Decider, _Kind]] = {
     note_run.MarkResumed: (note_run.decide_resumed, _RUN),
     note_run.IgnoreRequester: (note_run.decide_ignore, _RUN),
     note_run.ApplyModelOverride: (note_run.decide_override, _RUN),
+    note_run.IgnoreClientTools: (note_run.decide_ignore_tools, _RUN),
+    note_run.NoteDivergence: (note_run.decide_divergence, _RUN),
     admit_run.AdmitRun: (admit_run.decide, _SESSION),
     release_run.ReleaseRun: (release_run.decide, _SESSION),
     drop_queued_run.DropQueuedRun: (drop_queued_run.decide, _SESSION),
-    note_turn.NoteTurn: (note_turn.decide, _SESSION),
+    follow_history.FollowClientHistory: (follow_history.decide, _SESSION),
 }
 MAX_ATTEMPTS = 5
 
@@ -102,15 +104,17 @@ class Executor:
     async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
         decide, kind = _DECIDERS[type(cmd)]
         stream_id = stream_of(cmd)
-        for _attempt in range(MAX_ATTEMPTS):
-            state = await self._state(stream_id, kind, fresh=isinstance(cmd, fire_run.FireRun))
+        for attempt in range(MAX_ATTEMPTS):
+            # a stream being opened has no history worth reading, unless a first try conflicted
+            fresh = attempt == 0 and isinstance(cmd, fire_run.FireRun)
+            state = await self._state(stream_id, kind, fresh=fresh)
             events = decide(state, cmd)
             if not events:
                 return events
             if kind.cache:
                 self._remember(state, events)
             done = self._writer.submit(events, durable=durable)
-            if not durable:
+            if not durable:  # the outbox keeps them until the store takes them: the cache is right
                 done.add_done_callback(lambda f, c=cmd: self._on_saved(f, c))
                 return events
             try:
@@ -118,6 +122,11 @@ class Executor:
                 return events
             except IntegrityError:
                 self.forget(stream_id)  # stale: reload and decide again
+            except BaseException:
+                # not saved (PersistFailed, outbox overflow, cancelled): the cache must not
+                # hold events the store never took; the next command reloads what is stored
+                self.forget(stream_id)
+                raise
         raise IntegrityError(f"stream {stream_id} kept changing under {type(cmd).__name__}")
 
     async def state_of(self, run_id: UUID) -> run_stream.RunState:

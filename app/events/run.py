@@ -19,9 +19,11 @@ from msgspec.structs import replace
 __all__ = [
     "TERMINAL_EVENTS",
     "Cancelled",
+    "ClientToolsIgnored",
     "ContentAppended",
     "Finished",
     "Fired",
+    "HistoryDiverged",
     "ModelCalled",
     "ModelOverrideApplied",
     "ModelOverrideRejected",
@@ -170,7 +172,31 @@ class PermissionDecided(DomainEvent):
 
 @dataclass(frozen=True)
 class Cancelled(DomainEvent):
+    """Who or what cancelled the run, and at which step; always followed by `Finished`."""
+
     reason: str
+    by: str = ""  # client (disconnected) | server (shutting down)
+    step: int = 0  # model calls the run had made when it was cancelled
+
+
+@dataclass(frozen=True)
+class ClientToolsIgnored(DomainEvent):
+    """Entries of the request's `tools` that are not function definitions were dropped."""
+
+    entries: list[str]
+
+
+@dataclass(frozen=True)
+class HistoryDiverged(DomainEvent):
+    """The client's history disagreed with the session's transcript (regenerate, edit, branch).
+
+    The run answered the client's conversation, and the session now follows it:
+    `kept` transcript messages agreed, `dropped` were replaced.
+    """
+
+    kept: int
+    dropped: int
+    client_messages: int
 
 
 @dataclass(frozen=True)
@@ -189,6 +215,8 @@ class Finished(DomainEvent):
 RunEvent = (
     Fired
     | RequesterIgnored
+    | ClientToolsIgnored
+    | HistoryDiverged
     | Queued
     | Resumed
     | ModelOverrideApplied

@@ -20,6 +20,7 @@ __all__ = [
     "RunReleased",
     "SessionOpened",
     "SessionState",
+    "TranscriptReplaced",
     "TurnNoted",
     "evolve",
     "fold",
@@ -48,9 +49,31 @@ class RunActivated(DomainEvent):
 
 @dataclass(frozen=True)
 class RunQueued(DomainEvent):
+    """A run waits for the session; it carries everything it needs to start.
+
+    Admission and queueing are one decision: the turn, options and fired fields
+    are saved with the queueing itself, so whoever activates the run later can
+    start it even if its own stream was never written (older events lack them).
+    """
+
     run_id: str
     position: int
     requester: str
+    by_request: str = ""  # the request that was answered 409
+    messages: list[dict[str, Any]] | None = None  # the new turn
+    earlier: list[dict[str, Any]] | None = None  # the client's history before it
+    options: dict[str, Any] | None = None
+    fired: dict[str, Any] | None = None  # the run's Fired fields
+
+
+@dataclass(frozen=True)
+class TranscriptReplaced(DomainEvent):
+    """The client's history diverged from the transcript: the session follows the client."""
+
+    run_id: str
+    kept: int
+    dropped: int
+    messages: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -70,7 +93,11 @@ class QueuedRunDropped(DomainEvent):
 
 @dataclass(frozen=True)
 class TurnNoted(DomainEvent):
-    """A turn answered without a run (a clarification) joins the transcript."""
+    """A turn answered without a run joins the transcript.
+
+    No longer written (a clarification is now a run of its own, queued like any
+    other); kept so that older session streams still fold.
+    """
 
     turn: list[dict[str, Any]]
 
@@ -107,6 +134,8 @@ def evolve(state: SessionState, event: DomainEvent) -> SessionState:
             return replace(state, queue=tuple(r for r in state.queue if r != event.run_id))
         case TurnNoted():
             return replace(state, transcript=(*state.transcript, *event.turn))
+        case TranscriptReplaced():
+            return replace(state, transcript=tuple(event.messages))
     return state
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from app.agent.drain import Drain
 from app.agent.lifecycle import RequestLifecycle, RouteDefaults
 from app.commands.execute import Executor
-from app.errors import Unauthorized
+from app.errors import BmoError, HeadersTooLarge, Unauthorized
 from app.http.errors import envelope_bytes, outcome_for_status
 from app.http.identity import TrustedProxies, identify
 from app.http.routes import is_unprotected, route_name
@@ -34,6 +34,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SELF_FIRING_ROUTES = frozenset({"chat_completions"})  # they fire once the body is read
 SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_HEADER_BYTES = 16 * 1024  # one header line (name and value)
+MAX_HEADERS_BYTES = 64 * 1024  # all of them together
 
 
 def new_request_id() -> str:
@@ -104,6 +106,12 @@ class BmoAsgi:
         scope["bmo.request_id"] = request_id
         status = [0, 0]  # status code, body completed
         send = _tagging_send(send, request_id, status)
+        too_large = _headers_too_large(scope["headers"])
+        if too_large is not None:
+            if lifecycle is None:
+                lifecycle = scope["bmo"] = self._lifecycle(request_id, "unmatched", headers, scope)
+            await self._refuse(send, lifecycle, too_large)
+            return
         if self._stalls is not None:
             send = self._stalls.watch(send, lifecycle)
         if not is_unprotected(scope["path"]) and not self._tokens.allows(headers.get(b"authorization")):
@@ -160,25 +168,39 @@ class BmoAsgi:
                 return value
         return ""
 
-    async def _refuse(self, send: Send, lifecycle: RequestLifecycle | None) -> None:
-        error = Unauthorized("Missing or invalid bearer token.")
+    async def _refuse(
+        self, send: Send, lifecycle: RequestLifecycle | None, error: BmoError | None = None
+    ) -> None:
+        """Answer before the app sees the request: a wrong token (401) or oversized headers (431)."""
+        error = error or Unauthorized("Missing or invalid bearer token.")
         if lifecycle is not None:
             lifecycle.note_error(error)
         body = envelope_bytes(error)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if error.status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         if lifecycle is not None:
-            await lifecycle.finish("auth_failed", 401)
+            await lifecycle.finish(outcome_for_status(error.status), error.status)
+
+
+def _headers_too_large(raw: Any) -> HeadersTooLarge | None:
+    """An app-level bound on header size, whatever the HTTP server in front allows."""
+    total = 0
+    for name, value in raw:
+        size = len(name) + len(value)
+        if size > MAX_HEADER_BYTES:
+            shown = name.decode("latin-1")[:64]
+            return HeadersTooLarge(
+                f"Request header '{shown}' is {size} bytes; the limit is {MAX_HEADER_BYTES} bytes per header."
+            )
+        total += size
+    if total > MAX_HEADERS_BYTES:
+        return HeadersTooLarge(
+            f"Request headers total {total} bytes; the limit is {MAX_HEADERS_BYTES} bytes."
+        )
+    return None
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
@@ -23,27 +24,24 @@ from app.agent.replay import replay_run
 from app.agent.sessions import Admission
 from app.agent.task_answer import answer_task
 from app.agent.tasks import detect_task
-from app.agent.transcript import history_for, message_to_dict, options_to_dict, split_turn
+from app.agent.transcript import follow_client, message_to_dict, options_to_dict, split_turn
 from app.agent.turns import TurnOptions, TurnResult
 from app.commands import AppendContent, RecordModelCall
 from app.commands.admit_run import SessionQueueFull
-from app.commands.note_run import ApplyModelOverride, MarkResumed
-from app.commands.note_turn import NoteTurn
+from app.commands.note_run import ApplyModelOverride, IgnoreClientTools, MarkResumed
 from app.errors import InvalidRequest, NotFound, RateLimited, SessionBusy
 from app.events.run import Fired
-from app.events.session import session_uuid
 from app.http import chat_render
 from app.http.deps import HttpDeps
 from app.http.messages import client_tools, to_chat_messages, validate_request
 from app.http.openapi import SECURITY, DocumentedStream, errors
 from app.http.wire import ChatCompletionRequest
-from app.providers.base import ChatMessage
+from app.providers.base import ChatMessage, ToolSchema
 from app.providers.catalog import ResolvedModel
 
 __all__ = ["ChatController"]
 
 SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-RUN_ID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F-]{36}")
 RETRY_AFTER_S = "2"
 
 
@@ -92,6 +90,7 @@ class ChatController(Controller):
             )
         validate_request(data)
         messages = to_chat_messages(data)
+        watch = _disconnect_watch(request)
         task = detect_task(
             header_value=request.headers.get(compat.task_header or "X-OpenWebUI-Task"),
             stream=bool(data.stream),
@@ -100,10 +99,23 @@ class ChatController(Controller):
         if task is not None:
             return await _task(deps, lifecycle, data, messages, task)
         _check_session_header(request, lifecycle.session_id)
-        resume = request.headers.get("X-BMO-Resume-Run-Id")
+        resume = (request.headers.get("X-BMO-Resume-Run-Id") or "").strip()
         if resume:
-            return await _resume(deps, lifecycle, data, resume)
-        return await _chat(deps, lifecycle, data, messages)
+            return await _resume(deps, lifecycle, data, resume, watch)
+        # a session named by the client's own chat id (Open WebUI) comes with its whole conversation
+        full_history = request.headers.get("X-BMO-Session-Id") is None
+        return await _chat(deps, lifecycle, data, messages, watch, full_history)
+
+
+def _disconnect_watch(request: Request[Any, Any, Any]) -> chat_render.DisconnectWatch:
+    """Resolves when the client goes away (the body is read: the next ASGI message says so)."""
+    receive = request.receive
+
+    async def disconnected() -> None:
+        if (await receive())["type"] != "http.disconnect":  # a server that says more: cannot tell
+            await asyncio.Event().wait()
+
+    return disconnected
 
 
 def _check_session_header(request: Request[Any, Any, Any], session_id: str) -> None:
@@ -128,27 +140,79 @@ def _resolve(deps: HttpDeps, model_id: str) -> ResolvedModel:
     return model
 
 
-def _options(data: ChatCompletionRequest, mode: str) -> TurnOptions:
+async def _options(
+    deps: HttpDeps, lifecycle: RequestLifecycle, data: ChatCompletionRequest, mode: str
+) -> TurnOptions:
     return TurnOptions(
         max_tokens=data.max_completion_tokens or data.max_tokens,
         temperature=data.temperature,
         stream=bool(data.stream),
-        client_tools=client_tools(data),
+        client_tools=await _client_tools(deps, lifecycle, data),
         mode=mode,
     )
+
+
+async def _client_tools(
+    deps: HttpDeps, lifecycle: RequestLifecycle, data: ChatCompletionRequest
+) -> tuple[ToolSchema, ...]:
+    """chat_only ignores `tools` whatever their shape; auto_approve offers the function
+    definitions and drops every other entry, noted as a run event (never a 400)."""
+    if deps.settings.options.openai_compat.tool_policy != "auto_approve":
+        return ()
+    tools, ignored = client_tools(data)
+    if ignored:
+        await deps.executor.execute(
+            IgnoreClientTools(run_id=lifecycle.run_id, at=datetime.now(UTC), entries=list(ignored))
+        )
+    return tools
 
 
 def _include_usage(data: ChatCompletionRequest) -> bool:
     return bool(data.stream_options and data.stream_options.include_usage)
 
 
+async def _bound_model(deps: HttpDeps, lifecycle: RequestLifecycle) -> str:
+    """The session's model (read only: nothing here opens or binds a session)."""
+    if not lifecycle.session_id or not SESSION_ID.fullmatch(lifecycle.session_id):
+        return ""
+    session = await deps.sessions.state(lifecycle.session_id)
+    return session.model if session.opened else ""
+
+
+async def _model_for(
+    deps: HttpDeps,
+    lifecycle: RequestLifecycle,
+    data: ChatCompletionRequest,
+    bound: str,
+    *,
+    stream: bool,
+    task: str = "",
+) -> tuple[ResolvedModel, bool]:
+    """The one model rule of every entry path: fire, resolve, then the override policy.
+
+    Returns the model and whether this request overrides (runs another model than
+    the session's, or one that is configured but not advertised).
+    """
+    model_id = data.model or bound or deps.settings.options.model
+    await lifecycle.fire(model=model_id, stream=stream, task=task)
+    model = _resolve(deps, model_id)
+    overriding = await _apply_override_policy(deps, lifecycle, model_id, bound)
+    return model, overriding
+
+
 async def _task(
     deps: HttpDeps, lifecycle: RequestLifecycle, data: ChatCompletionRequest, messages: tuple, kind: str
 ) -> Response[Any]:
-    """One plain model call answered as JSON: no tools, no router, no session."""
-    model_id = data.model or deps.settings.options.model
-    await lifecycle.fire(model=model_id, stream=False, task=kind)
-    model = _resolve(deps, model_id)
+    """One plain model call answered as JSON: no tools, no router, no session change.
+
+    The advertised-model rule holds here as on every path. A task may name another
+    advertised model than the session's (Open WebUI has a task model of its own):
+    only a configured-but-not-advertised model is an override.
+    """
+    bound = await _bound_model(deps, lifecycle)
+    model, _ = await _model_for(
+        deps, lifecycle, _with_model(data, data.model or bound), "", stream=False, task=kind
+    )
     answer = await answer_task(model, messages, kind, data.max_completion_tokens or data.max_tokens)
     now = datetime.now(UTC)
     await deps.executor.execute(
@@ -168,19 +232,44 @@ async def _task(
     return await chat_render.json_answer(lifecycle, meta, answer.text, answer.finish_reason, answer.usage)
 
 
+def _with_model(data: ChatCompletionRequest, model: str | None) -> ChatCompletionRequest:
+    return msgspec.structs.replace(data, model=model or None)
+
+
+def _parse_run_id(value: str) -> UUID | None:
+    """Any run id the server could have issued, else None (never an exception)."""
+    if len(value) > 64 or not value.isascii():
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
 async def _resume(
-    deps: HttpDeps, lifecycle: RequestLifecycle, data: ChatCompletionRequest, resume: str
+    deps: HttpDeps,
+    lifecycle: RequestLifecycle,
+    data: ChatCompletionRequest,
+    resume: str,
+    watch: chat_render.DisconnectWatch,
 ) -> Response[Any]:
     """Stream another run of the same session from its first event, then live."""
-    await lifecycle.fire(model=data.model or "", stream=bool(data.stream))
-    if not RUN_ID.fullmatch(resume):
-        raise NotFound(f"No run '{resume}' to resume.", param="X-BMO-Resume-Run-Id", code="run_not_found")
-    run_id = UUID(resume)
+    bound = await _bound_model(deps, lifecycle)
+    await _model_for(deps, lifecycle, data, bound, stream=bool(data.stream))
+    run_id = _parse_run_id(resume)
+    if run_id is None:
+        raise NotFound(
+            "X-BMO-Resume-Run-Id is not a run id this server issued.",
+            param="X-BMO-Resume-Run-Id",
+            code="run_not_found",
+        )
     events = await asyncio.to_thread(deps.store.stream, run_id)
     fired = next((e for e in events if isinstance(e, Fired)), None)
     if fired is None or not lifecycle.session_id or fired.session_id != lifecycle.session_id:
         raise NotFound(
-            f"No run '{resume}' in this session to resume.", param="X-BMO-Resume-Run-Id", code="run_not_found"
+            f"No run '{run_id.hex}' in this session to resume.",
+            param="X-BMO-Resume-Run-Id",
+            code="run_not_found",
         )
     await deps.executor.execute(
         MarkResumed(run_id=lifecycle.run_id, at=datetime.now(UTC), resumed_run=run_id.hex)
@@ -188,7 +277,7 @@ async def _resume(
     replay = replay_run(deps.store, run_id, questions=deps.turns.questions)
     meta = chat_render.Meta(f"chatcmpl-{run_id.hex}", int(fired.timestamp.timestamp()), fired.model)
     return await chat_render.respond(
-        await anext(replay), replay, lifecycle, meta, bool(data.stream), _include_usage(data)
+        await anext(replay), replay, lifecycle, meta, bool(data.stream), _include_usage(data), watch
     )
 
 
@@ -197,37 +286,42 @@ async def _chat(
     lifecycle: RequestLifecycle,
     data: ChatCompletionRequest,
     messages: tuple[ChatMessage, ...],
+    watch: chat_render.DisconnectWatch,
+    full_history: bool = False,
 ) -> Response[Any]:
-    session = await deps.sessions.state(lifecycle.session_id) if lifecycle.session_id else None
-    bound = session.model if session and session.opened else ""
-    model_id = data.model or bound or deps.settings.options.model
-    await lifecycle.fire(model=model_id, stream=bool(data.stream))
-    model = _resolve(deps, model_id)
-    await _apply_override_policy(deps, lifecycle, model_id, bound)
+    session_id = lifecycle.session_id
+    bound = await _bound_model(deps, lifecycle) if session_id else ""
+    model, overriding = await _model_for(deps, lifecycle, data, bound, stream=bool(data.stream))
+    # a session binds to its first request's model, never to a one-off override
+    binding = bound or (deps.settings.options.model if overriding else model.id)
     earlier, new_turn = split_turn(messages)
-    mode = await _route(deps, lifecycle, messages)
+    mode = await _route(deps, messages)
+    options = await _options(deps, lifecycle, data, mode)
     meta = chat_render.Meta(f"chatcmpl-{lifecycle.request_id}", int(datetime.now(UTC).timestamp()), model.id)
-    if mode == "clarify":
-        return await _clarify(deps, lifecycle, data, messages, new_turn, bound or model_id, meta)
-    options = _options(data, mode)
-    history = messages
     result = TurnResult()
-    if session is not None:
-        admission = await _admit(deps, lifecycle, bound or model_id, new_turn, options)
-        history = history_for(admission.transcript, earlier, new_turn)
-        _release_on_finish(deps, lifecycle, new_turn, result)
+    history = messages
+    if session_id:
+        admission = await _admit(deps, lifecycle, binding, new_turn, options, earlier, full_history)
+        _release_on_finish(deps, lifecycle, new_turn, result)  # from here on, every end releases
+        followed = follow_client(admission.transcript, earlier, new_turn, full_history=full_history)
+        await deps.sessions.follow(lifecycle, followed, new_turn)
+        history = followed.messages
+    if mode == "clarify":
+        return await _clarify(deps, lifecycle, data, history, meta, result, watch)
     events = deps.turns.run(lifecycle.run_id, model, history, options, result)
     first = await anext(events)  # an early failure becomes a JSON error, not a broken stream
-    return await chat_render.respond(first, events, lifecycle, meta, bool(data.stream), _include_usage(data))
+    return await chat_render.respond(
+        first, events, lifecycle, meta, bool(data.stream), _include_usage(data), watch
+    )
 
 
 async def _apply_override_policy(
     deps: HttpDeps, lifecycle: RequestLifecycle, model_id: str, bound: str
-) -> None:
+) -> bool:
     """Another model than the session's, or one that is configured but not advertised."""
-    overriding = (bound and model_id != bound) or not deps.catalog.is_advertised(model_id)
+    overriding = bool(bound and model_id != bound) or not deps.catalog.is_advertised(model_id)
     if not overriding:
-        return
+        return False
     policy = deps.settings.options.openai_compat.model_override_policy
     reference = bound or "the advertised models"
     if policy == "reject":
@@ -244,9 +338,10 @@ async def _apply_override_policy(
             run_id=lifecycle.run_id, at=datetime.now(UTC), bound_model=bound, requested_model=model_id
         )
     )
+    return True
 
 
-async def _route(deps: HttpDeps, lifecycle: RequestLifecycle, messages: tuple[ChatMessage, ...]) -> str:
+async def _route(deps: HttpDeps, messages: tuple[ChatMessage, ...]) -> str:
     """clear → code; ambiguous → by ambiguity_action: clarify | research | code."""
     compat = deps.settings.options.openai_compat
     classifier_model = deps.catalog.resolve(compat.router_model) if compat.router_model else None
@@ -266,27 +361,18 @@ async def _clarify(
     lifecycle: RequestLifecycle,
     data: ChatCompletionRequest,
     messages: tuple[ChatMessage, ...],
-    new_turn: tuple[ChatMessage, ...],
-    model_id: str,
     meta: chat_render.Meta,
+    result: TurnResult,
+    watch: chat_render.DisconnectWatch,
 ) -> Response[Any]:
-    """Answer with a question instead of running the agent (outcome clarification)."""
+    """Answer with a question instead of running the agent (outcome clarification).
+
+    In a session it is a run like any other: admitted (or queued behind the busy
+    run) first, and its question joins the transcript when the run is released.
+    """
     text = router.clarification(messages)
-    now = datetime.now(UTC)
-    await deps.executor.execute(AppendContent(run_id=lifecycle.run_id, at=now, text=text))
-    if lifecycle.session_id:
-        turn = [*(message_to_dict(m) for m in new_turn), {"role": "assistant", "content": text}]
-        await deps.executor.execute(
-            NoteTurn(
-                stream_id=session_uuid(lifecycle.session_id),
-                at=now,
-                session_id=lifecycle.session_id,
-                model=model_id,
-                requester=lifecycle.requester,
-                turn=turn,
-            ),
-            durable=True,
-        )
+    await deps.executor.execute(AppendContent(run_id=lifecycle.run_id, at=datetime.now(UTC), text=text))
+    result.texts.append(text)
     return await chat_render.text_answer(
         lifecycle, meta, text, bool(data.stream), _include_usage(data), outcome="clarification"
     )
@@ -298,20 +384,28 @@ async def _admit(
     model_id: str,
     new_turn: tuple[ChatMessage, ...],
     options: TurnOptions,
+    earlier: tuple[ChatMessage, ...] = (),
+    full_history: bool = False,
 ) -> Admission:
-    """Run now, or queue and answer 409, or 429 when the queue is full."""
+    """Run now, or queue and answer 409, or 429 when the queue is full.
+
+    Admission and queueing are one save (the queued run's turn travels with it).
+    """
     session_id = lifecycle.session_id
     try:
-        admission = await deps.sessions.admit(session_id, lifecycle.request_id, model_id, lifecycle.requester)
+        admission = await deps.sessions.admit(
+            lifecycle,
+            model_id,
+            [message_to_dict(m) for m in new_turn],
+            [message_to_dict(m) for m in earlier],
+            {**options_to_dict(options), "full_history": full_history},
+        )
     except SessionQueueFull as exc:
         raise RateLimited(
             f"{exc}. Retry later.", code="session_queue_full", headers={"Retry-After": RETRY_AFTER_S}
         ) from exc
     if admission.active:
         return admission
-    await deps.sessions.defer(
-        lifecycle, admission, [message_to_dict(m) for m in new_turn], options_to_dict(options)
-    )
     raise SessionBusy(
         f"Session '{session_id}' is busy with another run. This request was queued as run "
         f"{admission.run_id} (position {admission.position}); it starts when the session frees. "

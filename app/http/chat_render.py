@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litestar import Response
@@ -11,6 +11,7 @@ from litestar.response import Stream
 
 from app.agent.lifecycle import RequestLifecycle
 from app.agent.loop import AgentEvent, ClientToolCalls, Done, TextChunk
+from app.errors import ClientGone
 from app.http import sse
 from app.http.errors import envelope, to_bmo_error
 from app.http.wire import (
@@ -30,6 +31,7 @@ from app.providers.base import ToolCall, Usage
 __all__ = [
     "KEEP_ALIVE_S",
     "ChatCompletion",
+    "DisconnectWatch",
     "Meta",
     "complete",
     "json_answer",
@@ -40,6 +42,9 @@ __all__ = [
 
 KEEP_ALIVE_S = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLIENT_GONE = "client disconnected"
+
+DisconnectWatch = Callable[[], Awaitable[None]]  # returns when the client has gone away
 
 
 async def respond(
@@ -49,11 +54,44 @@ async def respond(
     meta: Meta,
     streaming: bool,
     include_usage: bool,
+    watch: DisconnectWatch | None = None,
 ) -> Response[Any]:
+    """SSE (a disconnect cancels the body's generator), or one JSON completion (`watch`
+    tells when its client has gone: then the run is cancelled just the same)."""
     if streaming:
         body = stream(first, events, lifecycle, meta, include_usage)
         return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
-    return await complete(first, events, lifecycle, meta)
+    if watch is None:
+        return await complete(first, events, lifecycle, meta)
+    return await _complete_unless_gone(complete(first, events, lifecycle, meta), lifecycle, watch)
+
+
+async def _complete_unless_gone(
+    answer: Awaitable[Response[Any]], lifecycle: RequestLifecycle, watch: DisconnectWatch
+) -> Response[Any]:
+    """A non-streaming client that disconnects cancels its run, as a stream's does.
+
+    The agent's work runs in a task; if the client goes first, that task is
+    cancelled (the agent generator unwinds in it, its tools' processes die) and
+    the run ends `cancelled` (499), which releases its session.
+    """
+    work = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        lifecycle.finish_later("cancelled", 499, error=CLIENT_GONE)
+        raise
+    finally:
+        gone.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    await lifecycle.finish("cancelled", 499, error=CLIENT_GONE)
+    error = envelope(ClientGone("The client disconnected; the run was cancelled."))
+    return Response(error, status_code=499, media_type="application/json")
 
 
 async def text_answer(
@@ -174,7 +212,7 @@ async def stream(
         # awaiting here: stop the agent (its tools' processes die with it) and let
         # the lifecycle record `cancelled` in a task of its own.
         upcoming.abandon()
-        lifecycle.finish_later("cancelled", 499, error="client disconnected")
+        lifecycle.finish_later("cancelled", 499, error=CLIENT_GONE)
         raise
     except Exception as exc:  # after headers, errors travel in the stream
         upcoming.abandon()

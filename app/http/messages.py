@@ -23,26 +23,42 @@ def validate_request(body: ChatCompletionRequest) -> None:
             )
 
 
-def client_tools(body: ChatCompletionRequest) -> tuple[ToolSchema, ...]:
-    """The client's OpenAI function definitions (used only under auto_approve)."""
-    tools = []
+def client_tools(body: ChatCompletionRequest) -> tuple[tuple[ToolSchema, ...], tuple[str, ...]]:
+    """The client's OpenAI function definitions, and a note for each entry that is not one.
+
+    Only `{"type": "function", "function": {"name": ...}}` is a tool the model can be
+    offered; any other entry (hosted tools such as `web_search_preview`, the flat
+    Responses-API shape, junk) is dropped, never a 400.
+    """
+    tools: list[ToolSchema] = []
+    ignored: list[str] = []
     for index, item in enumerate(body.tools or ()):
         function = item.get("function") if isinstance(item, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(
-                "Each tool must be {'type': 'function', 'function': {'name': ...}}.",
-                param=f"tools[{index}]",
-            )
-        parameters = function.get("parameters")
+        if (
+            not isinstance(name, str)
+            or not name
+            or (isinstance(item, dict) and item.get("type", "function") != "function")
+        ):
+            ignored.append(f"tools[{index}]: {_describe(item)}")
+            continue
+        parameters = function.get("parameters")  # type: ignore[union-attr]
         tools.append(
             ToolSchema(
                 name=name,
-                description=str(function.get("description") or ""),
+                description=str(function.get("description") or ""),  # type: ignore[union-attr]
                 parameters=parameters if isinstance(parameters, dict) else {"type": "object"},
             )
         )
-    return tuple(tools)
+    return tuple(tools), tuple(ignored)
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, dict):
+        kind = item.get("type")
+        shown = kind[:64] if isinstance(kind, str) else "(no type)"
+        return f"type {shown!r} is not a function definition"
+    return f"a {type(item).__name__} is not a tool definition"
 
 
 def to_chat_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:

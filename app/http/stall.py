@@ -82,6 +82,9 @@ class StallWatch:
     def _disconnect(self, waiting: _Waiting) -> None:
         if waiting.lifecycle is not None:  # first finish wins: the stall, not a plain disconnect
             waiting.lifecycle.finish_later(
-                "cancelled", 499, error=f"client stalled: read nothing for {self.timeout_s:g} s"
+                "cancelled",
+                499,
+                error=f"client stalled: read nothing for {self.timeout_s:g} s",
+                by="stall_timeout",
             )
         waiting.task.cancel()

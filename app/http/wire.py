@@ -142,7 +142,7 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: UsageWire | None = None
+    usage: UsageWire | msgspec.UnsetType = msgspec.UNSET  # only the include_usage chunk has it
 
 
 class ModelObject(msgspec.Struct, kw_only=True):

@@ -223,7 +223,10 @@ def _event_summary(kind: str, data: Mapping[str, Any]) -> str:
     if kind == "Finished":
         return f"{d.get('outcome')} {d.get('status_code')} {elapsed_badge(d.get('elapsed_ms'))}"
     if kind == "Cancelled":
-        return str(d.get("reason", ""))
+        by = f" by {d.get('by')}" if d.get("by") else ""
+        return f"{d.get('reason', '')}{by} at step {d.get('step', 0)}"
+    if kind == "HistoryDiverged":
+        return f"followed the client: kept {d.get('kept')}, dropped {d.get('dropped')}"
     return clip(json.dumps(dict(d), default=str), 60)
 
 

@@ -338,9 +338,15 @@ def test_open_webui_chat_id_maps_to_a_session(
     )
     row = wait_for_outcome(server, second.headers["x-request-id"])
     assert row["session_id"] == chat_id and row["is_session_reuse"] is True
-    # earlier turns come from the server transcript, the new turn from the request
+    # the client's history diverges from the transcript (an edited first message): the
+    # session follows the client, and says so in the run's timeline
     sent = [(m["role"], m["content"]) for m in upstream.requests[1]["body"]["messages"]]
-    assert sent == [("user", "first"), ("assistant", "one"), ("user", "second")]
+    assert sent == [("user", "first (edited by the client)"), ("assistant", "one"), ("user", "second")]
+    events = httpx.get(
+        f"{server.base_url}/v1/openai-compat/runs/{row['request_id']}/events", headers=server.headers
+    ).json()["data"]
+    diverged = [e["data"] for e in events if e["type"] == "HistoryDiverged"]
+    assert diverged == [{"kept": 0, "dropped": 2, "client_messages": 3}]
 
 
 @pytest.mark.parametrize(("trusted", "expect"), [("127.0.0.1", True), ("10.9.9.9", False)])

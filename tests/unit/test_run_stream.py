@@ -111,7 +111,7 @@ def test_a_full_run_folds_usage_and_the_first_terminal_action_wins() -> None:
     assert state.finished and state.outcome == "final_answer" and not state.is_open
     again = FinishRun(run_id=run_id, at=AT, outcome="error_500", status_code=500, elapsed_ms=1)
     assert finish_run.decide(state, again) == ()
-    assert cancel_run.decide(state, CancelRun(run_id=run_id, at=AT, reason="late")) == ()
+    assert cancel_run.decide(state, CancelRun(run_id=run_id, at=AT, reason="late", by="client")) == ()
 
 
 def test_fold_equals_stepwise_evolve() -> None:
@@ -188,3 +188,25 @@ def test_sidebar_label_for_each_state() -> None:
     assert label(enabled=True, tool_policy="auto_approve", degraded=False) == "enabled (auto_approve)"
     assert label(enabled=True, tool_policy="chat_only", degraded=True) == "degraded — persist failures"
     assert label(enabled=False, tool_policy="chat_only", degraded=True) == "degraded — persist failures"
+
+
+def test_a_cancellation_says_who_and_at_which_step_once() -> None:
+    run_id = uuid4()
+    state = apply(RunState(run_id), fire_run.decide(RunState(run_id), fire(run_id)))
+    cmd = RecordModelCall(
+        run_id=run_id,
+        at=AT,
+        model="m",
+        step=1,
+        prompt_tokens=1,
+        completion_tokens=1,
+        latency_ms=1.0,
+        finish_reason="tool_calls",
+    )
+    state = apply(state, record_model_call.decide(state, cmd))
+    cancelled = cancel_run.decide(
+        state, CancelRun(run_id=run_id, at=AT, reason="client disconnected", by="client")
+    )
+    assert [(e.reason, e.by, e.step) for e in cancelled] == [("client disconnected", "client", 1)]
+    state = apply(state, cancelled)
+    assert cancel_run.decide(state, CancelRun(run_id=run_id, at=AT, reason="again", by="server")) == ()

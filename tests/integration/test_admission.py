@@ -1,0 +1,281 @@
+"""Admission, queueing and release as one decision (issue 13 item 4), deterministically in-process.
+
+The seam: an executor that runs an injected action right after the k-th command of a request's
+admission path. Injecting the release of the session's active run (and, separately, a store that
+starts failing) after every step, in turn, covers every interleaving of "admit B" with "release A"
+and "the store fails", with a real SQLite store, writer and session service. The invariant: once
+everything settles, no session is busy with a run nothing executes, and a queued run that was
+answered 409 runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from app.agent.lifecycle import RequestLifecycle, RouteDefaults
+from app.agent.loop import Done
+from app.agent.sessions import SessionService
+from app.agent.turns import TurnOptions, TurnResult
+from app.commands import AppendContent, AskPermission, FireRun
+from app.commands.execute import Executor
+from app.errors import BmoError, SessionBusy
+from app.events.run import Finished, fold
+from app.events.session import session_uuid
+from app.events.store import open_event_store
+from app.events.writer import EventWriter, PersistFailed
+from app.http import chat
+from app.providers.base import ChatMessage, Usage
+from app.telemetry import Records
+
+SESSION = "s-race"
+DEFAULTS = RouteDefaults(tool_policy="chat_only", ambiguity_action="ask", default_model="up/m")
+
+
+class FakeTurns:
+    """Stands in for the agent: records which histories it was asked to answer."""
+
+    def __init__(self) -> None:
+        self.histories: list[list[str]] = []
+
+    async def run(
+        self,
+        run_id: UUID,
+        model: Any,
+        messages: tuple[ChatMessage, ...],
+        options: TurnOptions | None = None,
+        result: TurnResult | None = None,
+    ) -> AsyncIterator[Any]:
+        self.histories.append([m.content for m in messages])
+        if result is not None:
+            result.texts.append(f"answer to {messages[-1].content}")
+        yield Done("stop", Usage(), "final_answer")
+
+
+class SeamExecutor(Executor):
+    """Runs `inject` once, right after the `after`-th command executed while `armed`."""
+
+    def __init__(self, store: Any, writer: EventWriter) -> None:
+        super().__init__(store, writer)
+        self.armed = False
+        self.after = 0
+        self.count = 0
+        self.inject: Callable[[], Awaitable[None]] | None = None
+
+    async def execute(self, cmd: Any, *, durable: bool = False) -> tuple:
+        try:
+            return await super().execute(cmd, durable=durable)
+        finally:
+            if self.armed:
+                self.count += 1
+                if self.count == self.after and self.inject is not None:
+                    self.armed = False
+                    inject, self.inject = self.inject, None
+                    await inject()
+
+
+class Harness:
+    def __init__(self, tmp: Path, switch: Path) -> None:
+        self.switch = switch
+        self.store = open_event_store(tmp / "data", switch)
+        self.records = Records(tmp / "log.jsonl")
+        self.writer = EventWriter(self.store)
+        self.executor = SeamExecutor(self.store, self.writer)
+        self.turns = FakeTurns()
+        catalog = SimpleNamespace(resolve=lambda model: SimpleNamespace(id=model, model=model))
+        self.sessions = SessionService(
+            executor=self.executor,
+            store=self.store,
+            turns=self.turns,  # type: ignore[arg-type]
+            catalog=catalog,  # type: ignore[arg-type]
+            records=self.records,
+            defaults=DEFAULTS,
+            max_queue_depth=4,
+        )
+        self.deps = SimpleNamespace(sessions=self.sessions)
+
+    async def lifecycle(self) -> RequestLifecycle:
+        lifecycle = RequestLifecycle(
+            request_id=uuid4().hex,
+            route="chat_completions",
+            session_id=SESSION,
+            client_ua="test",
+            defaults=DEFAULTS,
+            executor=self.executor,
+            records=self.records,
+        )
+        await lifecycle.fire(model="up/m", stream=False)
+        return lifecycle
+
+    async def admit(self, lifecycle: RequestLifecycle, text: str) -> str:
+        """What the chat route does; returns 'active', 'queued:<run id>' or the error's code."""
+        try:
+            admission = await chat._admit(
+                self.deps,  # type: ignore[arg-type]
+                lifecycle,
+                "up/m",
+                (ChatMessage("user", text),),
+                TurnOptions(stream=False),
+            )
+        except SessionBusy as busy:
+            return f"queued:{busy.extra['run_id']}"
+        except (BmoError, PersistFailed) as exc:
+            return getattr(exc, "code", None) or type(exc).__name__
+        return "active" if admission.active else "?"
+
+    async def settled(self, timeout: float = 20.0) -> Any:
+        """The session once it is free with nothing queued (polls the store; bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            state = await self.sessions.state(SESSION)
+            if state.active_run is None and not state.queue:
+                return state
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"session stuck: active={state.active_run} queue={state.queue}")
+
+
+async def _race(tmp: Path, after: int, *, fault: bool) -> None:
+    switch = tmp / "faults-on"
+    h = Harness(tmp, switch)
+    h.writer.start()
+    try:
+        a = await h.lifecycle()
+        assert await h.admit(a, "question A") == "active"
+
+        async def release_a() -> None:
+            await h.sessions.release(
+                SESSION, a.request_id, "final_answer", [{"role": "user", "content": "A"}]
+            )
+
+        async def store_fails() -> None:
+            switch.touch()
+
+        b = await h.lifecycle()
+        h.executor.inject = store_fails if fault else release_a
+        h.executor.after, h.executor.count, h.executor.armed = after, 0, True
+        outcome = await h.admit(b, "question B")
+        h.executor.armed = False
+        if fault:
+            switch.unlink(missing_ok=True)
+            await release_a()
+        elif h.executor.inject is not None:  # the admission path had fewer steps than `after`
+            h.executor.inject = None
+            await release_a()
+        await h.settled()
+        ran = [hist for hist in h.turns.histories if hist[-1] == "question B"]
+        if outcome.startswith("queued:"):
+            queued = outcome.removeprefix("queued:")
+            assert len(ran) == 1, (outcome, h.turns.histories)
+            events = await asyncio.to_thread(h.store.stream, UUID(hex=queued))
+            assert sum(isinstance(e, Finished) for e in events) == 1
+            assert fold(UUID(hex=queued), events).outcome == "final_answer"
+        elif outcome == "active":  # the release came first: B was admitted to run at once
+            assert not ran
+        else:  # refused (store failing): nothing of B may hold the session
+            assert outcome in ("store_unavailable", "PersistFailed"), outcome
+            assert not ran
+    finally:
+        switch.unlink(missing_ok=True)
+        await h.sessions.aclose()
+        await h.writer.close()
+        h.store.close()
+        h.records.close()
+
+
+@pytest.mark.parametrize("after", range(1, 6))
+def test_a_release_between_any_two_steps_of_admission_never_strands_the_queued_run(
+    tmp_path: Path, after: int
+) -> None:
+    asyncio.run(_race(tmp_path, after, fault=False))
+
+
+@pytest.mark.parametrize("after", range(1, 6))
+def test_a_store_failure_between_any_two_steps_of_admission_never_strands_the_session(
+    tmp_path: Path, after: int
+) -> None:
+    asyncio.run(_race(tmp_path, after, fault=True))
+
+
+def test_a_failed_durable_save_leaves_no_unsaved_events_in_the_cache(tmp_path: Path) -> None:
+    """Executor.execute must not keep events the store refused (suspected item of issue 13)."""
+
+    async def scenario() -> None:
+        switch = tmp_path / "faults-on"
+        store = open_event_store(tmp_path / "data", switch)
+        writer = EventWriter(store)
+        writer.start()
+        executor = Executor(store, writer)
+        run_id = uuid4()
+        now = datetime.now(UTC)
+        await executor.execute(
+            FireRun(
+                run_id=run_id,
+                at=now,
+                session_id="",
+                route="chat_completions",
+                model="m",
+                stream=False,
+                tool_policy="chat_only",
+                ambiguity_action="ask",
+                is_session_reuse=False,
+                client_ua="",
+            ),
+            durable=True,
+        )
+        switch.touch()
+        with pytest.raises(PersistFailed):
+            await executor.execute(
+                AskPermission(
+                    run_id=run_id,
+                    at=now,
+                    question_id="q1",
+                    tool="bash",
+                    call_id="c",
+                    arguments="{}",
+                    expires_at=now.isoformat(),
+                ),
+                durable=True,
+            )
+        assert all(not s.open_questions for s in executor.live_runs())
+        switch.unlink()
+        await executor.execute(AppendContent(run_id=run_id, at=now, text="after"), durable=True)
+        events = await asyncio.to_thread(store.stream, run_id)
+        assert [e.originator_version for e in events] == [1, 2]  # contiguous: nothing unsaved counted
+        assert not fold(run_id, events).open_questions
+        await writer.close()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_session_stream_holds_what_a_queued_run_needs(tmp_path: Path) -> None:
+    """The queued run's turn is in the same event that queues it: one decision, one save."""
+
+    async def scenario() -> None:
+        switch = tmp_path / "faults-on"
+        h = Harness(tmp_path, switch)
+        h.writer.start()
+        a = await h.lifecycle()
+        assert await h.admit(a, "question A") == "active"
+        b = await h.lifecycle()
+        outcome = await h.admit(b, "question B")
+        assert outcome.startswith("queued:")
+        session_events = await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+        queued = [e for e in session_events if type(e).__name__ == "RunQueued"]
+        assert len(queued) == 1 and queued[0].messages == [{"role": "user", "content": "question B"}]
+        await h.sessions.release(SESSION, a.request_id, "final_answer", [])
+        await h.settled()
+        await h.sessions.aclose()
+        await h.writer.close()
+        h.store.close()
+        h.records.close()
+
+    asyncio.run(scenario())
