@@ -95,7 +95,7 @@ class TurnRunner:
         self._context = ToolContext(workspace=workspace.resolve())
         self._policy = policy
         self._gate = gate
-        self.questions = questions or QuestionView(None, gate.timeout_s)
+        self.questions = questions or QuestionView(None, gate.timeout_s if gate is not None else 0.0)
 
     async def run(
         self,

@@ -21,8 +21,8 @@ from app.commands import (
     decide_permission,
     drop_queued_run,
     finish_run,
+    follow_history,
     note_run,
-    note_turn,
     queue_run,
     record_model_call,
     record_tool_call,
@@ -68,8 +68,8 @@ CASES: list[tuple[str, Any, Any, Any, list[Any]]] = [
         "cancel",
         cancel_run.decide,
         OPEN,
-        cancel_run.CancelRun(run_id=RUN, at=AT, reason="gone"),
-        [run.Cancelled(**ident(RUN, 5), reason="gone")],
+        cancel_run.CancelRun(run_id=RUN, at=AT, reason="gone", by="client"),
+        [run.Cancelled(**ident(RUN, 5), reason="gone", by="client", step=OPEN.steps)],
     ),
     (
         "finish",
@@ -240,7 +240,18 @@ CASES: list[tuple[str, Any, Any, Any, list[Any]]] = [
             requester="bob",
             max_queue_depth=3,
         ),
-        [session.RunQueued(**ident(SES, 4), run_id="q1", position=3, requester="bob")],
+        [
+            session.RunQueued(
+                **ident(SES, 4),
+                run_id="q1",
+                position=3,
+                requester="bob",
+                messages=[],
+                earlier=[],
+                options={},
+                fired={},
+            )
+        ],
     ),
     (
         "release",
@@ -271,28 +282,24 @@ CASES: list[tuple[str, Any, Any, Any, list[Any]]] = [
         [session.QueuedRunDropped(**ident(SES, 4), run_id="c3", reason="why")],
     ),
     (
-        "note new",
-        note_turn.decide,
-        NEW,
-        note_turn.NoteTurn(
-            stream_id=SES,
-            at=AT,
-            session_id="s",
-            model="m",
-            requester="carol",
-            turn=[{"role": "user", "content": "u"}],
+        "follow history",
+        follow_history.decide,
+        BUSY,
+        follow_history.FollowClientHistory(
+            stream_id=SES, at=AT, run_id="a1", kept=1, dropped=2, messages=[{"role": "user", "content": "u"}]
         ),
         [
-            session.SessionOpened(**ident(SES, 1), session_id="s", model="m", requester="carol"),
-            session.TurnNoted(**ident(SES, 2), turn=[{"role": "user", "content": "u"}]),
+            session.TranscriptReplaced(
+                **ident(SES, 4), run_id="a1", kept=1, dropped=2, messages=[{"role": "user", "content": "u"}]
+            )
         ],
     ),
     (
-        "note opened",
-        note_turn.decide,
-        FREE,
-        note_turn.NoteTurn(stream_id=SES, at=AT, session_id="s", model="m", requester="", turn=[]),
-        [session.TurnNoted(**ident(SES, 7), turn=[])],
+        "follow history: only the active run",
+        follow_history.decide,
+        BUSY,
+        follow_history.FollowClientHistory(stream_id=SES, at=AT, run_id="b2", kept=0, dropped=1, messages=[]),
+        [],
     ),
 ]
 

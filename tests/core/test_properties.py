@@ -97,7 +97,7 @@ def run_command(kind: str, run_id: UUID, pick: int) -> tuple[Any, Any]:
             )
             return decide_permission.decide, cmd
         case "cancel":
-            return cancel_run.decide, cancel_run.CancelRun(run_id=run_id, at=at, reason="client")
+            return cancel_run.decide, cancel_run.CancelRun(run_id=run_id, at=at, reason="client", by="client")
         case "queue":
             cmd = queue_run.QueueRun(
                 run_id=run_id, at=at, session_id="s", position=1, by_request="r", messages=[], options={}
