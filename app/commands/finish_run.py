@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.commands.base import RunCommand, stamp
-from app.events.run import Finished, RunState
+from app.events.run import Finished, PermissionDecided, RunState
 
 __all__ = ["FinishRun", "decide"]
 
@@ -16,12 +16,25 @@ class FinishRun(RunCommand, frozen=True, kw_only=True):
     finish_reason: str = ""
 
 
-def decide(state: RunState, cmd: FinishRun) -> tuple[Finished, ...]:
+def decide(state: RunState, cmd: FinishRun) -> tuple[PermissionDecided | Finished, ...]:
+    """The terminal event, after closing the run's unanswered questions (nothing may follow `Finished`)."""
     if not state.is_open:  # the first terminal action wins
         return ()
+    closing = tuple(
+        PermissionDecided(
+            **stamp(state, cmd.at, offset),
+            question_id=question_id,
+            decision="deny",
+            decided_by="run_ended",
+            requester="",
+            decided_via="run_ended",
+        )
+        for offset, question_id in enumerate(sorted(state.open_questions), start=1)
+    )
     return (
+        *closing,
         Finished(
-            **stamp(state, cmd.at),
+            **stamp(state, cmd.at, len(closing) + 1),
             outcome=cmd.outcome,
             status_code=cmd.status_code,
             elapsed_ms=round(cmd.elapsed_ms, 3),

@@ -72,6 +72,32 @@ CASES: list[tuple[str, Any, Any, Any, list[Any]]] = [
         [run.Cancelled(**ident(RUN, 5), reason="gone", by="client", step=OPEN.steps)],
     ),
     (
+        "finish closes the open questions first",
+        finish_run.decide,
+        ASKED,
+        finish_run.FinishRun(run_id=RUN, at=AT, outcome="cancelled", status_code=499, elapsed_ms=1.0),
+        [
+            run.PermissionDecided(
+                **ident(RUN, 6),
+                question_id="q9",
+                decision="deny",
+                decided_by="run_ended",
+                requester="",
+                decided_via="run_ended",
+            ),
+            run.Finished(
+                **ident(RUN, 7),
+                outcome="cancelled",
+                status_code=499,
+                elapsed_ms=1.0,
+                error="",
+                finish_reason="",
+                prompt_tokens=0,
+                completion_tokens=0,
+            ),
+        ],
+    ),
+    (
         "finish",
         finish_run.decide,
         OPEN,

@@ -42,7 +42,7 @@ def config(upstream: FakeOpenAI, *, timeout_s: float = 30, extra: str = "", mcp:
     if mcp:
         text += (
             '\n[mcp.fake]\ntype = "stdio"\ncommand = "python"\n'
-            'args = ["-m", "tests.fakes.mcp_server"]\ntimeout = 10\n'
+            'args = ["-m", "tests.fakes.mcp_server"]\ntimeout = 10\nenv = { PYTHONPATH = "${PYTHONPATH}" }\n'
         )
     return text
 
