@@ -28,8 +28,8 @@ M = [
     (
         "answer on finished",
         "app/commands/decide_permission.py",
-        "if not state.is_open or cmd.question_id not in state.open_questions:",
-        "if cmd.question_id not in state.open_questions:",
+        "if not state.is_open or cmd.question_id not in state.open_questions or not digest_matches(state, cmd):",
+        "if cmd.question_id not in state.open_questions or not digest_matches(state, cmd):",
     ),
     (
         "executor re-raise",
