@@ -23,6 +23,7 @@ from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
 from app.config import Provider, Settings
 from app.events.faults import ENV_FAULTS
+from app.events.location import store_url
 from app.events.run import Fired
 from app.events.store import EventStore, open_event_store
 from app.events.system import persistence_recovered
@@ -32,10 +33,11 @@ from app.http.asgi import BmoAsgi, TokenCheck
 from app.http.deps import HttpDeps
 from app.http.identity import TrustedProxies
 from app.net import is_loopback_host, parse_addr
-from app.projections.db import open_read_db, read_db_path
+from app.projections.db import read_db_path
 from app.projections.follower import ProjectionFollower
 from app.projections.posture import BindPosture
 from app.projections.runner import ProjectionRunner
+from app.projections.select import projection_follower, projection_runner, read_connection
 from app.providers.anthropic import AnthropicProvider
 from app.providers.base import ChatProvider
 from app.providers.catalog import ModelCatalog
@@ -119,13 +121,13 @@ class Runtime:
 def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | None = None) -> Runtime:
     env = env if env is not None else {}
     faults = env.get(ENV_FAULTS)
-    store = open_event_store(data_dir, Path(faults) if faults else None)
+    store = open_event_store(data_dir, Path(faults) if faults else None, store_url(settings, env))
     records = Records(log_path(data_dir), tracing=build_tracing(settings.options.telemetry.otel, env))
     projector: ProjectionRunner | ProjectionFollower
     if env.get("BMO_PROJECTOR") == "external":  # `bmo serve` runs it in its own process
-        projector = ProjectionFollower(read_db_path(data_dir))
+        projector = projection_follower(store, read_db_path(data_dir))
     else:
-        projector = ProjectionRunner(
+        projector = projection_runner(
             store,
             read_db_path(data_dir),
             ledger_capacity=settings.options.openai_compat.ledger_capacity,
@@ -235,7 +237,7 @@ def build_asgi(
         settings=settings,
         catalog=catalog,
         turns=turns,
-        read_conn=open_read_db(read_db_path(data_dir)).conn,
+        read_conn=read_connection(runtime.store, read_db_path(data_dir)),
         persistence=runtime.writer.state,
         projector=runtime.projector,
         store=runtime.store,

@@ -13,6 +13,7 @@ from cyclopts import Parameter
 from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROJECTOR, ENV_PROXIES, ENV_TOKEN
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
+from app.events.location import ENV_STORE_URL, store_url
 from app.http.identity import TrustedProxies
 from app.net import is_loopback_host, parse_addr
 
@@ -74,6 +75,7 @@ def serve(
         settings = load_settings(cwd=cwd, env=env, extra=config)
         bind = decide_bind(settings, addr=addr, token=auth_token, allow_no_auth=allow_no_auth, env=env)
         TrustedProxies.parse(env.get(ENV_PROXIES))  # refuse to start on a bad entry
+        url = store_url(settings, env)
     except (ConfigError, ValueError) as exc:
         print(f"bmo serve: {exc}", file=sys.stderr)
         return 2
@@ -88,8 +90,17 @@ def serve(
             "(a test seam; never set it in production)",
             file=sys.stderr,
         )
-    _recover(settings, data_dir(env))
+    try:
+        _recover(settings, data_dir(env), url)
+    except Exception as exc:  # an unreachable or refusing PostgreSQL server: say so, no traceback
+        if not url:
+            raise
+        print(f"bmo serve: cannot open the event store at {_store_label(url)}: {exc}", file=sys.stderr)
+        return 2
+    if url:
+        print(f"bmo: event store {_store_label(url)} (shared with every instance on it)", file=sys.stderr)
     _export(bind, config, cwd)
+    os.environ[ENV_STORE_URL] = url  # workers and the projector open the same store
     projector = _start_projector(settings)
     print(
         f"bmo: serving on http://{bind.host}:{bind.port}/v1 "
@@ -103,14 +114,20 @@ def serve(
         _stop_projector(projector)
 
 
-def _recover(settings: Settings, data: Path) -> None:
+def _store_label(url: str) -> str:
+    from app.events.postgres_store import redact_url
+
+    return redact_url(url)
+
+
+def _recover(settings: Settings, data: Path, url: str = "") -> None:
     """Before workers start: close the runs a crashed process left open."""
     from app.events.store import open_event_store
     from app.projections.db import read_db_path
     from app.recovery import sweep_interrupted
     from app.telemetry import Records, log_path
 
-    store = open_event_store(data)
+    store = open_event_store(data, url=url)
     records = Records(log_path(data))
     try:
         swept = sweep_interrupted(
