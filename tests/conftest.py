@@ -42,7 +42,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store_url(store_kind: str, request: pytest.FixtureRequest) -> str:
-    """"" for the embedded SQLite store, else a fresh PostgreSQL database's URL."""
+    """Empty for the embedded SQLite store, else a fresh PostgreSQL database's URL."""
     if store_kind == "sqlite":
         return ""
     return request.getfixturevalue("postgres_url")

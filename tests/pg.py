@@ -164,4 +164,3 @@ def database_url(server: PgServer) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)  # the server is restarting (a test restarted it)
-
