@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +86,9 @@ _DECIDERS: dict[type[Command], tuple[Decider, _Kind]] = {
     drop_queued_run.DropQueuedRun: (drop_queued_run.decide, _SESSION),
     note_turn.NoteTurn: (note_turn.decide, _SESSION),
 }
-MAX_ATTEMPTS = 5
+# Each conflict means another writer's append won, so N racers for one stream need at
+# most N attempts; the bound only stops a livelock. A short random pause spreads retries.
+MAX_ATTEMPTS = 64
 
 
 def stream_of(cmd: Command) -> UUID:
@@ -102,7 +105,7 @@ class Executor:
     async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
         decide, kind = _DECIDERS[type(cmd)]
         stream_id = stream_of(cmd)
-        for _attempt in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             state = await self._state(stream_id, kind, fresh=isinstance(cmd, fire_run.FireRun))
             events = decide(state, cmd)
             if not events:
@@ -118,6 +121,7 @@ class Executor:
                 return events
             except IntegrityError:
                 self.forget(stream_id)  # stale: reload and decide again
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise IntegrityError(f"stream {stream_id} kept changing under {type(cmd).__name__}")
 
     async def state_of(self, run_id: UUID) -> run_stream.RunState:

@@ -25,13 +25,13 @@ def _pg(store: EventStore) -> Any:
     return None
 
 
-def projection_runner(store: EventStore, db_path: Path, *, ledger_capacity: int) -> Any:
+def projection_runner(store: EventStore, db_path: Path, *, ledger_capacity: int, **options: Any) -> Any:
     """A `ProjectionRunner` (or its PostgreSQL twin) for this store."""
     if _pg(store) is not None:
         from app.projections.pg_runner import PgProjectionRunner
 
-        return PgProjectionRunner(store, ledger_capacity=ledger_capacity)  # type: ignore[arg-type]
-    return ProjectionRunner(store, db_path, ledger_capacity=ledger_capacity)
+        return PgProjectionRunner(store, ledger_capacity=ledger_capacity, **options)  # type: ignore[arg-type]
+    return ProjectionRunner(store, db_path, ledger_capacity=ledger_capacity, **options)
 
 
 def projection_follower(store: EventStore, db_path: Path) -> Any:
