@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,17 @@ import httpx
 import pytest
 
 from tests.e2e.server import BmoServer
-from tests.e2e.test_sessions import config, content_of, in_thread, post, runs, upstream  # noqa: F401
+from tests.e2e.test_sessions import config, content_of, in_thread, post, runs
 from tests.fakes.openai_upstream import FakeOpenAI, Slow, Text, ToolCalls
 
 Instances = Callable[..., list[BmoServer]]
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAI]:
+    """One scripted upstream for every instance (its replies are consumed in order)."""
+    with FakeOpenAI(models=("fake-model", "other-model")) as fake:
+        yield fake
 
 
 @pytest.fixture
