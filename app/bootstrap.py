@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from eventsourcing.domain import DomainEvent
 
@@ -23,7 +24,7 @@ from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
 from app.config import Provider, Settings
 from app.events.faults import ENV_FAULTS
-from app.events.location import store_url
+from app.events.location import ENV_INSTANCE, store_url
 from app.events.run import Fired
 from app.events.store import EventStore, open_event_store
 from app.events.system import persistence_recovered
@@ -78,6 +79,7 @@ class Runtime:
     providers: list[ChatProvider] = field(default_factory=list)
     mcp: Any = None  # McpHub, imported only when [mcp] servers are configured (slow import)
     sessions: SessionService | None = None
+    liveness: Any = None  # Liveness, on a shared (PostgreSQL) store only
     baseline: int = 0  # store head at start: reads wait for the projector to pass it
     _tools: ToolRegistry | None = None
 
@@ -85,6 +87,8 @@ class Runtime:
         self.baseline = await asyncio.to_thread(self.store.max_notification_id)
         self.writer.start()
         self.projector.start()
+        if self.liveness is not None:
+            self.liveness.start()
         if self.mcp is not None:
             await self.mcp.start()
         # Start-up objects live forever: keep the collector from rescanning them.
@@ -92,6 +96,8 @@ class Runtime:
         gc.freeze()
 
     async def stop(self) -> None:
+        if self.liveness is not None:
+            await self.liveness.stop()
         if self.sessions is not None:
             await self.sessions.aclose()  # deferred runs end `cancelled`; recovery frees their sessions
         if self.mcp is not None:
@@ -121,7 +127,9 @@ class Runtime:
 def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | None = None) -> Runtime:
     env = env if env is not None else {}
     faults = env.get(ENV_FAULTS)
-    store = open_event_store(data_dir, Path(faults) if faults else None, store_url(settings, env))
+    store = open_event_store(
+        data_dir, Path(faults) if faults else None, store_url(settings, env), instance_id(env)
+    )
     records = Records(log_path(data_dir), tracing=build_tracing(settings.options.telemetry.otel, env))
     projector: ProjectionRunner | ProjectionFollower
     if env.get("BMO_PROJECTOR") == "external":  # `bmo serve` runs it in its own process
@@ -144,6 +152,11 @@ def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | N
         projector=projector,
         records=records,
     )
+
+
+def instance_id(env: Mapping[str, str]) -> str:
+    """This serving instance's id: `bmo serve` names it once for all its workers."""
+    return env.get(ENV_INSTANCE) or uuid4().hex
 
 
 def _persist_failed(records: Records, events: Sequence[DomainEvent], error: str) -> None:
@@ -233,6 +246,17 @@ def build_asgi(
         defaults=defaults,
         max_queue_depth=compat.max_queue_depth,
     )
+    if getattr(runtime.store, "url", ""):  # a shared store: hold a lease, sweep the instances gone
+        from app.liveness import Liveness
+
+        runtime.liveness = Liveness(
+            store=runtime.store,  # type: ignore[arg-type]
+            executor=runtime.executor,
+            sessions=runtime.sessions,
+            records=runtime.records,
+            addr=bind.addr,
+            lease_s=settings.options.store.lease_s,
+        )
     deps = HttpDeps(
         settings=settings,
         catalog=catalog,

@@ -90,6 +90,8 @@ class Telemetry(_Config):
 
 class Store(_Config):
     url: str = ""  # empty = SQLite under the data dir
+    # PostgreSQL: an instance silent this long is gone; other instances close its runs
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
 
 
 class Options(_Config):

@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
+from uuid import uuid4
 
 from cyclopts import Parameter
 
 from app.cli.worker import ENV_ADDR, ENV_CONFIG, ENV_CWD, ENV_PROJECTOR, ENV_PROXIES, ENV_TOKEN
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
-from app.events.location import ENV_STORE_URL, store_url
+from app.events.location import ENV_INSTANCE, ENV_STORE_URL, store_url
 from app.http.identity import TrustedProxies
 from app.net import is_loopback_host, parse_addr
 
@@ -101,6 +102,7 @@ def serve(
         print(f"bmo: event store {_store_label(url)} (shared with every instance on it)", file=sys.stderr)
     _export(bind, config, cwd)
     os.environ[ENV_STORE_URL] = url  # workers and the projector open the same store
+    os.environ[ENV_INSTANCE] = uuid4().hex  # this instance, for all its workers: one lease
     projector = _start_projector(settings)
     print(
         f"bmo: serving on http://{bind.host}:{bind.port}/v1 "
@@ -128,6 +130,9 @@ def _recover(settings: Settings, data: Path, url: str = "") -> None:
     from app.telemetry import Records, log_path
 
     store = open_event_store(data, url=url)
+    if url:  # a shared store: other instances may be serving; runs of the gone ones close by lease
+        store.close()
+        return
     records = Records(log_path(data))
     try:
         swept = sweep_interrupted(

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ENV_STORE_URL", "StoreUrlError", "store_url"]
+__all__ = ["ENV_INSTANCE", "ENV_STORE_URL", "StoreUrlError", "store_url"]
 
 ENV_STORE_URL = "BMO_STORE_URL"
+ENV_INSTANCE = "BMO_INSTANCE_ID"  # set by `bmo serve` for its workers: one instance, one lease
 
 
 class StoreUrlError(ValueError):

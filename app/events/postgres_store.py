@@ -19,6 +19,8 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
@@ -32,6 +34,54 @@ EVENTS_TABLE = "bmo_events"  # eventsourcing names it "<application name>_events
 EVENTS_CHANNEL = EVENTS_TABLE  # ... and NOTIFYs a channel of the same name on every insert
 _SCHEMA_LOCK = zlib.crc32(b"bmo schema")  # an advisory lock key: creating tables is serialised
 Listener = Callable[[str, str], None]  # (channel, payload), called on the listener thread
+
+
+# Liveness: each instance holds a lease it renews; each open run has an owner row,
+# written in the same transaction as the run's own events (see _OwningRecorder).
+LIVENESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bmo_instances (
+    instance_id TEXT PRIMARY KEY,
+    addr TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bmo_run_owners (
+    run_id TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bmo_run_owners_instance ON bmo_run_owners (instance_id);
+"""
+_RUN_TOPIC = "app.events.run:"
+_CLAIMS = (_RUN_TOPIC + "Fired", _RUN_TOPIC + "Started")  # who fired or started a run owns it
+_ENDS = _RUN_TOPIC + "Finished"
+
+
+class _OwningRecorder(PostgresApplicationRecorder):
+    """Records run ownership inside the events' own transaction: no run without an owner.
+
+    `_insert_events` is eventsourcing's hook for writes that must commit with the
+    events (its process recorder writes tracking there).
+    """
+
+    instance_id = ""  # set per store object once constructed
+
+    def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        for event in stored_events:
+            _own(curs, event, self.instance_id)
+
+
+def _own(curs: Any, event: StoredEvent, instance_id: str) -> None:
+    run_id = UUID(str(event.originator_id)).hex
+    if event.topic == _ENDS:
+        curs.execute("DELETE FROM bmo_run_owners WHERE run_id = %s", (run_id,))
+    elif event.topic in _CLAIMS and instance_id:
+        curs.execute(
+            "INSERT INTO bmo_run_owners (run_id, instance_id) VALUES (%s, %s) "
+            "ON CONFLICT (run_id) DO UPDATE SET instance_id = excluded.instance_id",
+            (run_id, instance_id),
+        )
 
 
 def is_postgres_url(url: str) -> bool:
@@ -61,17 +111,21 @@ def _environment(url: str) -> dict[str, str]:
         "POSTGRES_PRE_PING": "y",  # a restarted server leaves dead connections in the pool
         "POSTGRES_LOCK_TIMEOUT": "10",
         "CREATE_TABLE": "no",  # created below, under a lock: instances may start together
+        "APPLICATION_RECORDER_TOPIC": "app.events.postgres_store:_OwningRecorder",
     }
 
 
 class PostgresEventStore(EventStore):
     """The same facade as the SQLite store, plus `listen` for cross-instance wake-ups."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, instance_id: str = "") -> None:
         self.url = url
         self.path = None  # type: ignore[assignment]  # no file: the history lives in the server
+        self.instance_id = instance_id
         self._app = _BmoApplication(env=_environment(url))
-        with schema_lock(url):
+        self._app.recorder.instance_id = instance_id  # type: ignore[attr-defined]
+        with schema_lock(url) as conn:
+            conn.execute(LIVENESS_SCHEMA)
             self._app.recorder.create_table()  # type: ignore[attr-defined]
         self._listeners: list[tuple[tuple[str, ...], Listener]] = []
         self._listening: threading.Thread | None = None
@@ -88,6 +142,35 @@ class PostgresEventStore(EventStore):
         with self._datastore().transaction(commit=False) as cur:
             cur.execute("SET LOCAL lock_timeout = '500ms'")
             cur.execute(SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(Identifier(EVENTS_TABLE)))
+
+    def hold_lease(self, addr: str, lease_s: float) -> None:
+        """Take or renew this instance's lease (the server's clock: no skew between hosts)."""
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO bmo_instances (instance_id, addr, expires_at) "
+                "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+                "ON CONFLICT (instance_id) DO UPDATE "
+                "SET heartbeat_at = now(), expires_at = excluded.expires_at",
+                (self.instance_id, addr, lease_s),
+            )
+
+    def abandoned_runs(self) -> list[str]:
+        """Open runs whose owner's lease has expired (or whose owner never held one)."""
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT o.run_id FROM bmo_run_owners o LEFT JOIN bmo_instances i USING (instance_id) "
+                "WHERE i.instance_id IS NULL OR i.expires_at < now() ORDER BY o.run_id"
+            )
+            return [row["run_id"] for row in cur.fetchall()]
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every instance that ever held a lease here, with `live` from the server's clock."""
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT instance_id, addr, started_at, heartbeat_at, expires_at, expires_at >= now() AS live "
+                "FROM bmo_instances ORDER BY started_at"
+            )
+            return [dict(row) for row in cur.fetchall()]
 
     def listen(self, channels: tuple[str, ...], callback: Listener) -> None:
         """Call `callback(channel, payload)` on each NOTIFY (and once after each reconnect)."""
@@ -136,11 +219,11 @@ class PostgresEventStore(EventStore):
 
 
 @contextlib.contextmanager
-def schema_lock(url: str) -> Iterator[None]:
+def schema_lock(url: str) -> Iterator[psycopg.Connection[Any]]:
     """Serialise `CREATE ... IF NOT EXISTS` across instances (concurrent ones can collide)."""
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
         try:
-            yield
+            yield conn
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
