@@ -99,6 +99,7 @@ class Executor:
     def __init__(self, store: EventStore, writer: EventWriter) -> None:
         self._store = store
         self._writer = writer
+        writer.on_conflict = self._forget_all  # at once: nothing more is decided on a refused state
         self._live: dict[UUID, run_stream.RunState] = {}
         self._retries: set[asyncio.Task[Any]] = set()
 
@@ -134,6 +135,10 @@ class Executor:
 
     def forget(self, run_id: UUID) -> None:
         self._live.pop(run_id, None)
+
+    def _forget_all(self, stream_ids: set[UUID]) -> None:
+        for stream_id in stream_ids:
+            self._live.pop(stream_id, None)
 
     def live_runs(self) -> list[run_stream.RunState]:
         return list(self._live.values())

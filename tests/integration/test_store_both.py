@@ -204,3 +204,39 @@ def test_an_insert_by_one_instance_wakes_the_others_listener(postgres_url: str, 
     finally:
         writer_side.close()
         reader_side.close()
+
+
+def test_appends_decided_on_a_state_another_writer_overtook_are_all_refused(open_store) -> None:  # type: ignore[no-untyped-def]
+    """A run's own writer keeps going while another instance closed the run: nothing lands after."""
+    from app.commands import AppendContent, FinishRun, StartRun, finish_run
+    from app.events.run import fold
+
+    own, other = open_store(), open_store()
+    run_id = uuid4()
+
+    async def scenario() -> None:
+        writer = EventWriter(own)
+        writer.start()
+        executor = Executor(own, writer)
+        await executor.execute(fire_cmd(run_id), durable=True)
+        await executor.execute(StartRun(run_id=run_id, at=datetime.now(UTC), model="m", message_count=1))
+        assert await writer.flush(5)
+        # another instance closes the run (a sweeper); our executor's cached state does not know
+        state = fold(run_id, other.stream(run_id))
+        swept = FinishRun(
+            run_id=run_id, at=datetime.now(UTC), outcome="error_500", status_code=500, elapsed_ms=0
+        )
+        other.save(finish_run.decide(state, swept))
+        for i in range(5):  # decided back to back on the stale cached state
+            await executor.execute(AppendContent(run_id=run_id, at=datetime.now(UTC), text=f"late {i}"))
+        await executor.execute(
+            FinishRun(
+                run_id=run_id, at=datetime.now(UTC), outcome="final_answer", status_code=200, elapsed_ms=1
+            )
+        )
+        assert await writer.flush(5)
+        await writer.close()
+
+    asyncio.run(scenario())
+    types = [type(e).__name__ for e in own.stream(run_id)]
+    assert types == ["Fired", "Started", "Finished"], types
