@@ -106,13 +106,14 @@ class PgCluster(PgServer):
     def _pg_ctl_start(self) -> None:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=400 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB"
+            "-c fsync=off -c full_page_writes=off -c shared_buffers=32MB"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w", "start")
 
-    def restart(self) -> None:
-        """Stop (fast: sessions are cut) and start again on the same port and data."""
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop (fast: sessions are cut), stay down `down_s` (the outage), start on the same port."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        time.sleep(down_s)  # the length of the outage under test, not a wait for anything
         self._pg_ctl_start()
 
     def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from app.config import ConfigError, data_dir, load_settings
 from app.events.location import store_url
@@ -47,6 +48,27 @@ def _where(store: EventStore, data: Path) -> str:
     return redact_url(url)
 
 
+def _open_until_up(data: Path, capacity: int, stop: Any) -> tuple[EventStore, Any] | None:
+    """The store and a runner; a PostgreSQL server that is away at start is waited for."""
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            store = open_store(data)
+        except Exception as exc:  # the server is restarting or unreachable: readiness shows the lag
+            print(f"bmo projector: store unavailable: {exc}", file=sys.stderr, flush=True)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+            continue
+        try:
+            return store, projection_runner(store, read_db_path(data), ledger_capacity=capacity)
+        except Exception as exc:
+            store.close()
+            print(f"bmo projector: store unavailable: {exc}", file=sys.stderr, flush=True)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+    return None
+
+
 def run(*, ledger_capacity: int = 10_000, poll_ms: int = 10) -> int:
     """Run the projector until standard input closes (`bmo serve` starts and stops it).
 
@@ -59,17 +81,19 @@ def run(*, ledger_capacity: int = 10_000, poll_ms: int = 10) -> int:
     import threading
 
     data = data_dir(dict(os.environ))
-    store = open_store(data)
-    runner = projection_runner(store, read_db_path(data), ledger_capacity=ledger_capacity)
     stop = threading.Event()
     wake = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set(), wake.set()), daemon=True).start()
+    opened = _open_until_up(data, ledger_capacity, stop)
+    if opened is None:
+        return 0
+    store, runner = opened
     poll_s = poll_ms / 1000
     if hasattr(store, "listen"):  # PostgreSQL: every instance's inserts NOTIFY; poll only as a fallback
         store.listen(("bmo_events",), lambda _channel, _payload: wake.set())
         poll_s = 1.0
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set(), wake.set()), daemon=True).start()
     while not stop.is_set():
         wake.clear()
         try:

@@ -66,6 +66,13 @@ class _OwningRecorder(PostgresApplicationRecorder):
 
     instance_id = ""  # set per store object once constructed
 
+    def insert_events(self, stored_events: Any, **kwargs: Any) -> Any:
+        """One attempt. eventsourcing retries ten times, each waiting for a connection:
+        the writer would block for most of a minute while the server is away, with
+        nothing degraded in posture and session turns waiting instead of a prompt 503.
+        The writer's own outbox retries instead, with backoff, and says so."""
+        return PostgresApplicationRecorder.insert_events.__wrapped__(self, stored_events, **kwargs)  # type: ignore[attr-defined]
+
     def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         for event in stored_events:
@@ -105,7 +112,7 @@ def _environment(url: str) -> dict[str, str]:
         "POSTGRES_PORT": str(params.get("port") or "5432"),
         "POSTGRES_USER": str(params.get("user") or "postgres"),
         "POSTGRES_PASSWORD": str(params.get("password") or ""),
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_CONNECT_TIMEOUT": "2",  # also the wait for a pooled connection: fail fast, outbox retries
         "POSTGRES_POOL_SIZE": "2",
         "POSTGRES_MAX_OVERFLOW": "8",
         "POSTGRES_PRE_PING": "y",  # a restarted server leaves dead connections in the pool
