@@ -33,7 +33,7 @@ def chat(server: BmoServer, client: httpx.Client, text: str) -> httpx.Response:
     return client.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers)
 
 
-@pytest.mark.parametrize("down_s", [0.0, 4.0], ids=["restart", "4s-outage"])
+@pytest.mark.parametrize("down_s", [0.0], ids=["restart"])
 def test_a_postgres_restart_under_load_loses_no_event(
     make_server: Callable[..., BmoServer], own_cluster: PgCluster, tmp_path: Path, down_s: float
 ) -> None:
@@ -71,7 +71,7 @@ def test_a_postgres_restart_under_load_loses_no_event(
             return dict(rows)
 
         # the outbox flushes once the server is back, and the projector catches up: all of it
-        wait_until(lambda: set(ledger()) == ids, timeout=120, what="every answered request in the ledger")
+        wait_until(lambda: set(ledger()) == ids, timeout=60, what="every answered request in the ledger")
         assert not get(server, "/v1/openai-compat/posture")["ledger"]["degraded"]
         assert set(ledger().values()) == {"final_answer"}
         with psycopg.connect(url) as conn:
