@@ -131,6 +131,10 @@ class PostgresEventStore(EventStore):
         self.instance_id = instance_id
         self._app = _BmoApplication(env=_environment(url))
         self._app.recorder.instance_id = instance_id  # type: ignore[attr-defined]
+        # psycopg_pool retries a lost connection with doubling delays for 5 minutes: after a
+        # server restart the pool could stay short for a minute. Giving up after a few seconds
+        # lets the pool grow again on demand, starting from a 1 s delay.
+        self._datastore().pool.reconnect_timeout = 5.0
         with schema_lock(url) as conn:
             conn.execute(LIVENESS_SCHEMA)
             self._app.recorder.create_table()  # type: ignore[attr-defined]

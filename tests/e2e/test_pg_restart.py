@@ -28,12 +28,15 @@ def own_cluster() -> Iterator[PgCluster]:
         cluster.stop()
 
 
+MAX_REQUESTS = 2000  # about 12,000 events: well inside the outbox
+
+
 def chat(server: BmoServer, client: httpx.Client, text: str) -> httpx.Response:
     body = {"model": "bmo/local", "messages": [{"role": "user", "content": text}]}
     return client.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers)
 
 
-@pytest.mark.parametrize("down_s", [0.0], ids=["restart"])
+@pytest.mark.parametrize("down_s", [0.0, 4.0], ids=["restart", "4s-outage"])
 def test_a_postgres_restart_under_load_loses_no_event(
     make_server: Callable[..., BmoServer], own_cluster: PgCluster, tmp_path: Path, down_s: float
 ) -> None:
@@ -43,8 +46,11 @@ def test_a_postgres_restart_under_load_loses_no_event(
         stop = threading.Event()
 
         def load(i: int) -> None:
+            # bounded: `bmo/local` answers in about a millisecond, so unbounded clients would
+            # push more than the outbox holds (20,000 events) through a few seconds of outage,
+            # and the outbox drops (and counts) what overflows by design
             with httpx.Client(timeout=60) as client:
-                while not stop.is_set():
+                while not stop.is_set() and len(answered) < MAX_REQUESTS:
                     response = chat(server, client, "list files" if i % 2 else "hello")
                     answered.append((response.status_code, response.headers.get("x-request-id", "")))
 
@@ -52,9 +58,10 @@ def test_a_postgres_restart_under_load_loses_no_event(
         for thread in threads:
             thread.start()
         wait_until(lambda: len(answered) >= 20, what="load running")
+        before = len(answered)
         own_cluster.restart(down_s)
-        restarted_at = len(answered)
-        wait_until(lambda: len(answered) >= restarted_at + 40, timeout=60, what="load after the restart")
+        during = len(answered) - before
+        assert during >= 20, "too little load while the server was away to show anything"
         stop.set()
         for thread in threads:
             thread.join(60)
