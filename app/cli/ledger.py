@@ -6,12 +6,11 @@ server's projector through the read-model write lock).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from app.events.location import ENV_STORE_URL
+from app.events.location import StoreUrlError
 from app.projections.db import read_db_path
 from app.projections.select import projection_runner
 
@@ -20,9 +19,12 @@ __all__ = ["open_ledger"]
 
 def open_ledger(data_dir: Path, capacity: int) -> Any:
     """A read connection on up-to-date read models (caught up from the store first)."""
-    from app.cli.projections import open_store
+    from app.cli.projections import configured_store_url, open_store
 
-    url = os.environ.get(ENV_STORE_URL, "")
+    try:
+        url = configured_store_url()
+    except StoreUrlError as exc:  # callers report a missing ledger cleanly; this is one
+        raise FileNotFoundError(str(exc)) from exc
     if not url and not (data_dir / "events.db").exists():
         raise FileNotFoundError(f"no event store at {data_dir / 'events.db'} (has bmo served anything here?)")
     store = open_store(data_dir)

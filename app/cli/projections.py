@@ -8,22 +8,40 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, data_dir, load_settings
-from app.events.location import store_url
+from app.events.location import StoreUrlError, store_url
 from app.events.store import EventStore, open_event_store
 from app.projections.db import read_db_path
 from app.projections.select import projection_runner, reset_read_models_of
 
-__all__ = ["open_store", "rebuild"]
+__all__ = ["configured_store_url", "describe_store", "open_store", "rebuild"]
 
 
-def open_store(data: Path) -> EventStore:
-    """The store `bmo serve` would use here (`BMO_STORE_URL`, else the config, else SQLite)."""
+def configured_store_url() -> str:
+    """The store `bmo serve` would use here: `BMO_STORE_URL`, else the config, else "" (SQLite)."""
     env = dict(os.environ)
     try:
         settings = load_settings(cwd=Path.cwd(), env=env)
     except ConfigError:
         settings = None  # the URL may still come from the environment
-    return open_event_store(data, url=store_url(settings, env))
+    return store_url(settings, env)
+
+
+def describe_store(data: Path) -> tuple[str, str]:
+    """(event store, read models) as an operator should read them: paths, or the server."""
+    try:
+        url = configured_store_url()
+    except StoreUrlError as exc:
+        return f"(unusable: {exc})", "-"
+    if not url:
+        return str(data / "events.db"), str(read_db_path(data))
+    from app.events.postgres_store import redact_url
+
+    return redact_url(url), f"{redact_url(url)} (beside the events)"
+
+
+def open_store(data: Path) -> EventStore:
+    """The store `bmo serve` would use here (`BMO_STORE_URL`, else the config, else SQLite)."""
+    return open_event_store(data, url=configured_store_url())
 
 
 def rebuild(*, ledger_capacity: int = 10_000) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,8 +19,13 @@ from tests.e2e.test_multi_instance import get, wait_until
 
 
 def bmo(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return bmo_with(data, {}, *args)
+
+
+def bmo_with(data: Path, extra_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BMO_GLOBAL_DATA": str(data), "BMO_GLOBAL_CONFIG": str(data.parent / "no-config")}
     env.pop("BMO_STORE_URL", None)
+    env.update(extra_env)
     return subprocess.run(
         [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=120
     )
@@ -89,6 +95,16 @@ def test_copy_moves_the_history_verbatim_and_the_target_serves_it(
     source = sqlite_events(data)
     assert pg_events(postgres_url) == source  # same ids, streams, versions, topics, bytes
     assert f"verified: {len(source)} events" in copied.stdout
+
+    # the operator CLI reads the copy when pointed at it
+    env_pg = {"BMO_STORE_URL": postgres_url}
+    ledger = bmo_with(data, env_pg, "config", "show-run-ledger", "--json")
+    assert ledger.returncode == 0, ledger.stderr
+    report = json.loads(ledger.stdout)
+    assert report["event_store"].startswith("postgresql://")
+    assert report["routes"]["chat_completions"] == len(before) + 1  # and the crashed one
+    listed = bmo_with(data, env_pg, "runs", "list", "--json", "--route", "chat_completions")
+    assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == len(before) + 1
 
     # the first instance on the copy serves the same ledger, and closes the crashed run
     served = make_server(
