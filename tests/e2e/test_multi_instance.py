@@ -159,6 +159,9 @@ def test_every_instance_serves_the_same_ledger_posture_and_live_timeline(
     assert pa["routes"]["chat_completions"] == pb["routes"]["chat_completions"] == 3
     assert pa["recent_outcomes"] == pb["recent_outcomes"]
     assert pa["bind"]["addr"] != pb["bind"]["addr"]  # what belongs to one process stays its own
+    ready = [get(server, "/readyz")["checks"] for server in (a, b)]
+    assert [r["store_backend"] for r in ready] == ["postgresql", "postgresql"]
+    assert ready[0]["instance"] and ready[0]["instance"] != ready[1]["instance"]
 
 
 def test_a_run_streaming_on_one_instance_is_resumed_through_another(
