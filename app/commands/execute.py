@@ -101,6 +101,7 @@ class Executor:
         self._writer = writer
         writer.on_conflict = self._forget_all  # at once: nothing more is decided on a refused state
         self._live: dict[UUID, run_stream.RunState] = {}
+        self._conflicted: set[UUID] = set()  # streams another writer appended to under us
         self._retries: set[asyncio.Task[Any]] = set()
 
     async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
@@ -139,6 +140,17 @@ class Executor:
     def _forget_all(self, stream_ids: set[UUID]) -> None:
         for stream_id in stream_ids:
             self._live.pop(stream_id, None)
+        self._conflicted |= stream_ids
+
+    async def closed_elsewhere(self, run_id: UUID) -> bool:
+        """True when another writer finished this run (e.g. a sweeper while we were paused).
+
+        Only a run that met a conflict is read again, so the common path costs nothing.
+        """
+        if run_id not in self._conflicted:
+            return False
+        self._conflicted.discard(run_id)
+        return (await self.state_of(run_id)).finished
 
     def live_runs(self) -> list[run_stream.RunState]:
         return list(self._live.values())

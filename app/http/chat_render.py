@@ -11,6 +11,7 @@ from litestar.response import Stream
 
 from app.agent.lifecycle import RequestLifecycle
 from app.agent.loop import AgentEvent, ClientToolCalls, Done, TextChunk
+from app.errors import ServiceUnavailable
 from app.http import sse
 from app.http.errors import envelope, to_bmo_error
 from app.http.wire import (
@@ -120,6 +121,7 @@ async def complete(
             calls = event.calls
         event = await anext(events)
     await events.aclose()  # type: ignore[attr-defined]
+    await _not_closed_elsewhere(lifecycle)
     message = ResponseMessage(
         role="assistant",
         content="".join(texts) or (None if calls else ""),
@@ -134,6 +136,17 @@ async def complete(
     )
     await lifecycle.finish(event.outcome, 200, finish_reason=event.finish_reason)
     return Response(completion, status_code=200, media_type="application/json")
+
+
+async def _not_closed_elsewhere(lifecycle: RequestLifecycle) -> None:
+    """On a shared store another instance may have closed this run (our lease lapsed while
+    we were paused): the client must not take what follows for a recorded answer."""
+    if await lifecycle.executor.closed_elsewhere(lifecycle.run_id):
+        raise ServiceUnavailable(
+            "This run was closed by another bmo instance while this one was unresponsive "
+            "(its lease expired); the answer was not recorded. Send the request again.",
+            code="run_closed_elsewhere",
+        )
 
 
 async def stream(
@@ -156,6 +169,7 @@ async def stream(
             while event is None:  # tools are still running: keep proxies and clients patient
                 yield sse.KEEP_ALIVE
                 event = await upcoming.next()
+        await _not_closed_elsewhere(lifecycle)
         yield sse.event(meta.chunk(Delta(), finish_reason=event.finish_reason))
         if include_usage:
             usage = ChatCompletionChunk(

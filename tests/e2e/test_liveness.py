@@ -128,6 +128,9 @@ def test_a_paused_instance_finds_its_runs_closed_and_writes_no_second_terminal_e
     text = stream.read().decode()  # the stream ends once A resumes
     client.close()
     assert text.endswith("data: [DONE]\n\n")
+    # the client is told its answer was not recorded (no clean `stop` after the fact)
+    assert '"code":"run_closed_elsewhere"' in text.replace(" ", "")
+    assert '"finish_reason":"stop"' not in text.replace(" ", "")
     finished_at(b, request_id)  # exactly one terminal event, B's
     # A's own late events were refused by the store; the ledger still says what B decided
     wait_until(lambda: httpx.get(f"{a.base_url}/readyz").status_code == 200, what="A ready again")
