@@ -102,6 +102,9 @@ class Executor:
         writer.on_conflict = self._forget_all  # at once: nothing more is decided on a refused state
         self._live: dict[UUID, run_stream.RunState] = {}
         self._conflicted: set[UUID] = set()  # streams another writer appended to under us
+        # a shared store: a run's last submission, so its end can wait to know it was not overtaken
+        self._shared = bool(getattr(store, "url", ""))
+        self._last_submitted: dict[UUID, asyncio.Future[int]] = {}
         self._retries: set[asyncio.Task[Any]] = set()
 
     async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
@@ -115,6 +118,11 @@ class Executor:
             if kind.cache:
                 self._remember(state, events)
             done = self._writer.submit(events, durable=durable)
+            if self._shared and kind.cache:
+                if stream_id in self._live:
+                    self._last_submitted[stream_id] = done
+                else:  # finished: nothing will ask
+                    self._last_submitted.pop(stream_id, None)
             if not durable:
                 done.add_done_callback(lambda f, c=cmd: self._on_saved(f, c))
                 return events
@@ -140,13 +148,20 @@ class Executor:
     def _forget_all(self, stream_ids: set[UUID]) -> None:
         for stream_id in stream_ids:
             self._live.pop(stream_id, None)
+        if len(self._conflicted) > 10_000:  # runs nobody asked about (ended on another path)
+            self._conflicted.clear()
         self._conflicted |= stream_ids
 
     async def closed_elsewhere(self, run_id: UUID) -> bool:
         """True when another writer finished this run (e.g. a sweeper while we were paused).
 
-        Only a run that met a conflict is read again, so the common path costs nothing.
+        Only a run that met a conflict is read again. On a shared store the run's last
+        append is waited for first (a conflict shows when the store refuses it); on the
+        embedded store no other instance exists and nothing is waited for.
         """
+        last = self._last_submitted.pop(run_id, None)
+        if last is not None and not last.done():  # settle our own appends first: then we know
+            await asyncio.wait({last}, timeout=10)
         if run_id not in self._conflicted:
             return False
         self._conflicted.discard(run_id)
