@@ -146,3 +146,18 @@ def test_copy_refuses_what_it_cannot_use(tmp_path: Path, postgres_url: str) -> N
     down = bmo(data, "store", "copy", "--to", "postgresql://nobody:pw@127.0.0.1:1/x")
     assert down.returncode == 2 and "failed" in down.stderr and "Traceback" not in down.stderr
     assert "pw" not in down.stderr
+
+
+def test_serve_refuses_an_unusable_store_url_without_showing_the_password(tmp_path: Path) -> None:
+    for url, says in (
+        ("mysql://u:secret@db/x", "BMO_STORE_URL must be empty"),
+        (
+            "postgresql://u:secret@127.0.0.1:1/x",
+            "cannot open the event store at postgresql://u@127.0.0.1:1/x",
+        ),
+    ):
+        served = bmo_with(
+            tmp_path / "data", {"BMO_STORE_URL": url}, "serve", "--allow-no-auth", "--addr", "127.0.0.1:0"
+        )
+        assert served.returncode == 2, served.stderr
+        assert says in served.stderr and "secret" not in served.stderr and "Traceback" not in served.stderr
