@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from eventsourcing.domain import DomainEvent
 
@@ -28,6 +29,7 @@ from app.agent.turns import TurnPolicy, TurnRunner
 from app.commands.execute import Executor
 from app.config import Provider, Settings
 from app.events.faults import ENV_FAULTS
+from app.events.location import ENV_INSTANCE, store_url
 from app.events.run import Fired
 from app.events.store import EventStore, open_event_store
 from app.events.system import persistence_recovered
@@ -38,10 +40,11 @@ from app.http.deps import HttpDeps
 from app.http.identity import TrustedProxies
 from app.http.stall import StallWatch
 from app.net import is_loopback_host, parse_addr
-from app.projections.db import open_read_db, read_db_path
+from app.projections.db import read_db_path
 from app.projections.follower import ProjectionFollower
 from app.projections.posture import BindPosture
 from app.projections.runner import ProjectionRunner
+from app.projections.select import projection_follower, projection_runner, read_connection
 from app.providers.anthropic import AnthropicProvider
 from app.providers.base import ChatProvider
 from app.providers.catalog import ModelCatalog
@@ -84,6 +87,7 @@ class Runtime:
     mcp: Any = None  # McpHub, imported only when [mcp] servers are configured (slow import)
     sessions: SessionService | None = None
     drain: Drain = field(default_factory=lambda: Drain(30.0))
+    liveness: Any = None  # Liveness, on a shared (PostgreSQL) store only
     baseline: int = 0  # store head at start: reads wait for the projector to pass it
     _tools: ToolRegistry | None = None
 
@@ -92,6 +96,8 @@ class Runtime:
         self.baseline = await asyncio.to_thread(self.store.max_notification_id)
         self.writer.start()
         self.projector.start()
+        if self.liveness is not None:
+            self.liveness.start()
         if self.mcp is not None:
             await self.mcp.start()
         # Start-up objects live forever: keep the collector from rescanning them.
@@ -101,6 +107,8 @@ class Runtime:
     async def stop(self) -> None:
         if self.sessions is not None:  # deferred runs have no connection granian waits for: drain them here
             await self.sessions.aclose(self._drain_left())
+        if self.liveness is not None:  # after the drain: the lease covers runs that were still ending
+            await self.liveness.stop()
         if self.mcp is not None:
             await self.mcp.aclose()
         await self.writer.close()
@@ -139,13 +147,15 @@ class Runtime:
 def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | None = None) -> Runtime:
     env = env if env is not None else {}
     faults = env.get(ENV_FAULTS)
-    store = open_event_store(data_dir, Path(faults) if faults else None)
+    store = open_event_store(
+        data_dir, Path(faults) if faults else None, store_url(settings, env), instance_id(env)
+    )
     records = Records(log_path(data_dir), tracing=build_tracing(settings.options.telemetry.otel, env))
     projector: ProjectionRunner | ProjectionFollower
     if env.get("BMO_PROJECTOR") == "external":  # `bmo serve` runs it in its own process
-        projector = ProjectionFollower(read_db_path(data_dir))
+        projector = projection_follower(store, read_db_path(data_dir))
     else:
-        projector = ProjectionRunner(
+        projector = projection_runner(
             store,
             read_db_path(data_dir),
             ledger_capacity=settings.options.openai_compat.ledger_capacity,
@@ -165,6 +175,11 @@ def build_runtime(settings: Settings, data_dir: Path, env: Mapping[str, str] | N
         records=records,
         drain=Drain(settings.options.http_server.shutdown_timeout_s),
     )
+
+
+def instance_id(env: Mapping[str, str]) -> str:
+    """This serving instance's id: `bmo serve` names it once for all its workers."""
+    return env.get(ENV_INSTANCE) or uuid4().hex
 
 
 def _persist_failed(records: Records, events: Sequence[DomainEvent], error: str) -> None:
@@ -265,11 +280,22 @@ def build_asgi(
         defaults=defaults,
         max_queue_depth=compat.max_queue_depth,
     )
+    if getattr(runtime.store, "url", ""):  # a shared store: hold a lease, sweep the instances gone
+        from app.liveness import Liveness
+
+        runtime.liveness = Liveness(
+            store=runtime.store,  # type: ignore[arg-type]
+            executor=runtime.executor,
+            sessions=runtime.sessions,
+            records=runtime.records,
+            addr=bind.addr,
+            lease_s=settings.options.store.lease_s,
+        )
     deps = HttpDeps(
         settings=settings,
         catalog=catalog,
         turns=turns,
-        read_conn=open_read_db(read_db_path(data_dir)).conn,
+        read_conn=read_connection(runtime.store, read_db_path(data_dir)),
         persistence=runtime.writer.state,
         projector=runtime.projector,
         store=runtime.store,

@@ -98,6 +98,8 @@ class Telemetry(_Config):
 class Store(_Config):
     url: str = ""  # empty = SQLite under the data dir
     unavailable_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # durable appends: then 503
+    # PostgreSQL: an instance silent this long is gone; other instances close its runs
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
 
 
 _EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]

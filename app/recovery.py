@@ -19,6 +19,7 @@ from app.events.run import fold
 from app.events.session import fold as session_fold
 from app.events.store import EventStore
 from app.projections.runner import ProjectionRunner
+from app.projections.select import projection_runner
 from app.telemetry import Records
 
 __all__ = ["sweep_interrupted"]
@@ -29,7 +30,7 @@ SESSION_OPENED_TOPIC = "app.events.session:SessionOpened"
 
 def sweep_interrupted(store: EventStore, read_db: Path, records: Records, capacity: int) -> list[str]:
     """Finish every open run; returns their request ids."""
-    runner = ProjectionRunner(store, read_db, ledger_capacity=capacity)
+    runner = projection_runner(store, read_db, ledger_capacity=capacity)
     runner.catch_up()
     open_ids = [
         row[0]

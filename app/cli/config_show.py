@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from cyclopts import Parameter
 
 from app.cli.ledger import open_ledger
+from app.cli.projections import describe_store
 from app.config import ConfigError, Settings, data_dir, load_settings, served_models
 from app.net import is_loopback_host, parse_addr
 from app.projections import counts, runs
@@ -193,9 +194,10 @@ def show_run_ledger(
     except FileNotFoundError as exc:
         print(f"bmo config: {exc}", file=sys.stderr)
         return 1
+    event_store, read_models = describe_store(data)
     report = {
-        "event_store": str(data / "events.db"),
-        "read_models": str(data / "read_models.db"),
+        "event_store": event_store,
+        "read_models": read_models,
         "runs": runs.run_count(conn),
         "capacity": capacity,
         "routes": counts.route_counts(conn),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from app.cli.projections import describe_store
 from app.config import config_files, data_dir, global_config_dir
-from app.projections.db import read_db_path
 from app.telemetry import log_path
 
 __all__ = ["dirs"]
@@ -16,11 +16,12 @@ def dirs() -> int:
     """Print the directories and files bmo uses."""
     env = dict(os.environ)
     data = data_dir(env)
+    event_store, read_models = describe_store(data)
     rows = [
         ("global config", global_config_dir(env) / "bmo.toml"),
         ("data dir", data),
-        ("event store", data / "events.db"),
-        ("read models", read_db_path(data)),
+        ("event store", event_store),
+        ("read models", read_models),
         ("log", log_path(data)),
     ]
     for name, path in rows:

@@ -6,7 +6,7 @@ import sys
 
 from cyclopts import App
 
-from app.cli import config_show, dirs, logs, projections, runs, serve
+from app.cli import config_show, dirs, logs, projections, runs, serve, store
 from app.tui.command import tui_command
 
 __all__ = ["build_cli", "main", "package_version"]
@@ -47,6 +47,9 @@ def build_cli() -> App:
     projections_app.command(projections.rebuild, name="rebuild")
     projections_app.command(projections.run, name="run")
     app.command(projections_app)
+    store_app = App(name="store", help="The event store: move a SQLite history to PostgreSQL.")
+    store_app.command(store.copy, name="copy")
+    app.command(store_app)
     return app
 
 

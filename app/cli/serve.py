@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
+from uuid import uuid4
 
 from cyclopts import Parameter
 
@@ -31,6 +32,7 @@ from app.cli.worker import (
 )
 from app.config import ConfigError, Settings, data_dir, load_settings
 from app.events.faults import ENV_FAULTS
+from app.events.location import ENV_INSTANCE, ENV_STORE_URL, store_url
 from app.http.identity import TrustedProxies
 from app.net import is_loopback_host, parse_addr, port_in_use, resolve_host
 
@@ -132,6 +134,7 @@ def serve(
         settings = load_settings(cwd=cwd, env=settings_env(env), extra=config, serving=True)
         bind = decide_bind(settings, addr=addr, token=auth_token, allow_no_auth=allow_no_auth, env=env)
         TrustedProxies.parse(env.get(ENV_PROXIES))  # refuse to start on a bad entry
+        url = store_url(settings, env)
     except (ConfigError, ValueError) as exc:
         print(f"bmo serve: {exc}", file=sys.stderr)
         return 2
@@ -165,8 +168,18 @@ def serve(
             "(a test seam; never set it in production)",
             file=sys.stderr,
         )
-    _recover(settings, data_dir(env))
+    try:
+        _recover(settings, data_dir(env), url)
+    except Exception as exc:  # an unreachable or refusing PostgreSQL server: say so, no traceback
+        if not url:
+            raise
+        print(f"bmo serve: cannot open the event store at {_store_label(url)}: {exc}", file=sys.stderr)
+        return 2
+    if url:
+        print(f"bmo: event store {_store_label(url)} (shared with every instance on it)", file=sys.stderr)
     _export(bind, config, cwd)
+    os.environ[ENV_STORE_URL] = url  # workers and the projector open the same store
+    os.environ[ENV_INSTANCE] = uuid4().hex  # this instance, for all its workers: one lease
     projector = _start_projector(settings)
     print(banner(settings, bind, cwd=cwd, data=data_dir(env), workers=workers), file=sys.stderr, flush=True)
     try:
@@ -205,7 +218,13 @@ def banner(settings: Settings, bind: BindDecision, *, cwd: Path, data: Path, wor
     return "\n".join(lines)
 
 
-def _recover(settings: Settings, data: Path) -> None:
+def _store_label(url: str) -> str:
+    from app.events.postgres_store import redact_url
+
+    return redact_url(url)
+
+
+def _recover(settings: Settings, data: Path, url: str = "") -> None:
     """Before workers start: kill the tool processes and close the runs a crashed process left."""
     from app.agent.tools.process_guard import reap_orphans, tool_groups_dir
     from app.events.store import open_event_store
@@ -213,10 +232,10 @@ def _recover(settings: Settings, data: Path) -> None:
     from app.recovery import sweep_interrupted
     from app.telemetry import Records, log_path
 
-    store = open_event_store(data)
     records = Records(log_path(data))
+    swept: list[str] = []
     try:
-        for group in reap_orphans(tool_groups_dir(data)):
+        for group in reap_orphans(tool_groups_dir(data)):  # this host's tool processes, whatever the store
             records.emit(
                 "warning",
                 "tools.orphans_reaped",
@@ -229,12 +248,16 @@ def _recover(settings: Settings, data: Path) -> None:
                 + "; ".join(f"{pid} {cmd}" for pid, cmd in zip(group.pids, group.commands, strict=True)),
                 file=sys.stderr,
             )
-        swept = sweep_interrupted(
-            store, read_db_path(data), records, settings.options.openai_compat.ledger_capacity
-        )
+        store = open_event_store(data, url=url)
+        try:
+            if not url:  # a shared store: other instances may be serving; runs of gone ones close by lease
+                swept = sweep_interrupted(
+                    store, read_db_path(data), records, settings.options.openai_compat.ledger_capacity
+                )
+        finally:
+            store.close()
     finally:
         records.close()
-        store.close()
     if swept:
         print(f"bmo: recovered {len(swept)} interrupted run(s) as error_500", file=sys.stderr)
 

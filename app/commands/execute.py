@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,9 @@ _DECIDERS: dict[type[Command], tuple[Decider, _Kind]] = {
     drop_queued_run.DropQueuedRun: (drop_queued_run.decide, _SESSION),
     follow_history.FollowClientHistory: (follow_history.decide, _SESSION),
 }
-MAX_ATTEMPTS = 5
+# Each conflict means another writer's append won, so N racers for one stream need at
+# most N attempts; the bound only stops a livelock. A short random pause spreads retries.
+MAX_ATTEMPTS = 64
 
 
 def stream_of(cmd: Command) -> UUID:
@@ -98,7 +101,12 @@ class Executor:
     def __init__(self, store: EventStore, writer: EventWriter) -> None:
         self._store = store
         self._writer = writer
+        writer.on_conflict = self._forget_all  # at once: nothing more is decided on a refused state
         self._live: dict[UUID, run_stream.RunState] = {}
+        self._conflicted: set[UUID] = set()  # streams another writer appended to under us
+        # a shared store: a run's last submission, so its end can wait to know it was not overtaken
+        self._shared = bool(getattr(store, "url", ""))
+        self._last_submitted: dict[UUID, asyncio.Future[int]] = {}
         self._retries: set[asyncio.Task[Any]] = set()
 
     async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
@@ -114,6 +122,11 @@ class Executor:
             if kind.cache:
                 self._remember(state, events)
             done = self._writer.submit(events, durable=durable)
+            if self._shared and kind.cache:
+                if stream_id in self._live:
+                    self._last_submitted[stream_id] = done
+                else:  # finished: nothing will ask
+                    self._last_submitted.pop(stream_id, None)
             if not durable:  # the outbox keeps them until the store takes them: the cache is right
                 done.add_done_callback(lambda f, c=cmd: self._on_saved(f, c))
                 return events
@@ -122,6 +135,7 @@ class Executor:
                 return events
             except IntegrityError:
                 self.forget(stream_id)  # stale: reload and decide again
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
             except BaseException:
                 # not saved (PersistFailed, outbox overflow, cancelled): the cache must not
                 # hold events the store never took; the next command reloads what is stored
@@ -143,6 +157,28 @@ class Executor:
 
     def forget(self, run_id: UUID) -> None:
         self._live.pop(run_id, None)
+
+    def _forget_all(self, stream_ids: set[UUID]) -> None:
+        for stream_id in stream_ids:
+            self._live.pop(stream_id, None)
+        if len(self._conflicted) > 10_000:  # runs nobody asked about (ended on another path)
+            self._conflicted.clear()
+        self._conflicted |= stream_ids
+
+    async def closed_elsewhere(self, run_id: UUID) -> bool:
+        """True when another writer finished this run (e.g. a sweeper while we were paused).
+
+        Only a run that met a conflict is read again. On a shared store the run's last
+        append is waited for first (a conflict shows when the store refuses it); on the
+        embedded store no other instance exists and nothing is waited for.
+        """
+        last = self._last_submitted.pop(run_id, None)
+        if last is not None and not last.done():  # settle our own appends first: then we know
+            await asyncio.wait({last}, timeout=10)
+        if run_id not in self._conflicted:
+            return False
+        self._conflicted.discard(run_id)
+        return (await self.state_of(run_id)).finished
 
     def live_runs(self) -> list[run_stream.RunState]:
         return list(self._live.values())

@@ -95,8 +95,18 @@ def _use_synchronous_normal(app: Application[Any]) -> None:
     pool._create_connection = create_normal
 
 
-def open_event_store(data_dir: Path, faults: Path | None = None) -> EventStore:
-    """The store under the data dir; `faults` enables the append-fault test seam."""
+def open_event_store(
+    data_dir: Path, faults: Path | None = None, url: str = "", instance_id: str = ""
+) -> EventStore:
+    """The store under the data dir, or on PostgreSQL when `url` names a server.
+
+    `faults` enables the append-fault test seam (SQLite only); `instance_id` names
+    the serving instance that owns the runs it writes (PostgreSQL only).
+    """
+    if url:
+        from app.events.postgres_store import PostgresEventStore
+
+        return PostgresEventStore(url, instance_id)
     data_dir.mkdir(parents=True, exist_ok=True)
     if faults is not None:
         from app.events.faults import FaultInjectingStore

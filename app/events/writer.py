@@ -10,7 +10,11 @@ successful save flushes the outbox and clears the flag. A durable submission
 for `unavailable_wait_s` it fails with `PersistFailed` (the caller answers
 503), so a waiting request never outlives the configured wait. A stale-version
 conflict (`IntegrityError`) is the caller's business: only that submission's
-future fails.
+future fails, and with it every later submission on the same stream that was
+made before the conflict came to light (each was decided on the state the
+refused one left behind: saved, they would land after the other writer's
+events, e.g. a run's content after another instance's `Finished`). `on_conflict`
+tells the executor at once, so nothing more is decided on that stale state.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import IntegrityError
@@ -42,6 +47,7 @@ class _Submission:
     durable: bool = False  # its caller waits: fail it at `deadline` rather than keep it in the outbox
     deadline: float = 0.0  # loop time after which a failing store fails a durable submission
     reported: bool = False  # a persist_failed record was emitted for it
+    seq: int = 0  # order of submission (stale chains are the ones made before a conflict)
 
 
 @dataclass(slots=True)
@@ -63,6 +69,7 @@ class EventWriter:
     on_commit: Callable[[int], None] = lambda _position: None
     on_failure: FailureHook = lambda _events, _error: None
     on_recovered: RecoveryHook = lambda _state: None
+    on_conflict: Callable[[set[UUID]], None] = lambda _streams: None
     outbox_limit: int = 20_000  # events held while the store is failing
     unavailable_wait_s: float = 5.0  # a durable submission waits this long for a failing store
     state: PersistenceState = field(default_factory=PersistenceState)
@@ -73,6 +80,8 @@ class EventWriter:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _saving: asyncio.Future[int] | None = None
+    _submitted: int = 0
+    _stale_before: dict[UUID, int] = field(default_factory=dict)  # stream -> first fresh submission
 
     def start(self) -> None:
         self._idle.set()
@@ -84,7 +93,8 @@ class EventWriter:
             done.set_result(0)
             return done
         deadline = asyncio.get_running_loop().time() + self.unavailable_wait_s
-        self._pending.append(_Submission(tuple(events), done, durable, deadline))
+        self._submitted += 1
+        self._pending.append(_Submission(tuple(events), done, durable, deadline, seq=self._submitted))
         self._held += len(events)
         self._trim_outbox()
         self._idle.clear()
@@ -134,6 +144,9 @@ class EventWriter:
         return max(0.0, min(backoff, min(deadlines) - asyncio.get_running_loop().time()))
 
     async def _save(self, batch: list[_Submission]) -> bool:
+        batch = self._without_stale(batch)
+        if not batch:
+            return True
         events = [e for s in batch for e in s.events]
         try:
             position = await self._in_thread(events)
@@ -148,14 +161,39 @@ class EventWriter:
 
     async def _save_one_by_one(self, batch: list[_Submission]) -> None:
         for submission in batch:
+            if self._is_stale(submission):
+                self._refuse(submission, IntegrityError("decided on a stream state that was refused"))
+                continue
             try:
                 position = await self._in_thread(submission.events)
             except IntegrityError as exc:
-                self._drop(submission)
-                if not submission.done.done():
-                    submission.done.set_exception(exc)
+                streams = {e.originator_id for e in submission.events}
+                for stream in streams:
+                    self._stale_before[stream] = self._submitted + 1
+                self.on_conflict(streams)
+                self._refuse(submission, exc)
                 continue
             self._committed([submission], position)
+
+    def _is_stale(self, submission: _Submission) -> bool:
+        return any(self._stale_before.get(e.originator_id, 0) > submission.seq for e in submission.events)
+
+    def _without_stale(self, batch: list[_Submission]) -> list[_Submission]:
+        """Refuse the submissions chained on a refused one; the rest are saved as usual."""
+        if not self._stale_before:
+            return batch
+        stale = [s for s in batch if self._is_stale(s)]
+        for submission in stale:
+            self._refuse(submission, IntegrityError("decided on a stream state that was refused"))
+        oldest = min((s.seq for s in self._pending), default=self._submitted + 1)
+        self._stale_before = {k: v for k, v in self._stale_before.items() if v > oldest}  # settled chains
+        refused = {id(s) for s in stale}
+        return [s for s in batch if id(s) not in refused]
+
+    def _refuse(self, submission: _Submission, exc: Exception) -> None:
+        self._drop(submission)
+        if not submission.done.done():
+            submission.done.set_exception(exc)
 
     def _committed(self, batch: list[_Submission], position: int) -> None:
         self.position = max(self.position, position)

@@ -11,7 +11,7 @@ from litestar.response import Stream
 
 from app.agent.lifecycle import RequestLifecycle
 from app.agent.loop import AgentEvent, ClientToolCalls, Done, TextChunk
-from app.errors import ClientGone
+from app.errors import ClientGone, ServiceUnavailable
 from app.http import sse
 from app.http.errors import envelope, to_bmo_error
 from app.http.wire import (
@@ -163,6 +163,7 @@ async def complete(
         upcoming.abandon()
         raise
     await events.aclose()  # type: ignore[attr-defined]
+    await _not_closed_elsewhere(lifecycle)
     message = ResponseMessage(
         role="assistant",
         content="".join(texts) or (None if calls else ""),
@@ -177,6 +178,17 @@ async def complete(
     )
     await lifecycle.finish(event.outcome, 200, finish_reason=event.finish_reason)
     return Response(completion, status_code=200, media_type="application/json")
+
+
+async def _not_closed_elsewhere(lifecycle: RequestLifecycle) -> None:
+    """On a shared store another instance may have closed this run (our lease lapsed while
+    we were paused): the client must not take what follows for a recorded answer."""
+    if await lifecycle.executor.closed_elsewhere(lifecycle.run_id):
+        raise ServiceUnavailable(
+            "This run was closed by another bmo instance while this one was unresponsive "
+            "(its lease expired); the answer was not recorded. Send the request again.",
+            code="run_closed_elsewhere",
+        )
 
 
 async def stream(
@@ -199,6 +211,7 @@ async def stream(
             while event is None:  # tools are still running: keep proxies and clients patient
                 yield sse.KEEP_ALIVE
                 event = await upcoming.next()
+        await _not_closed_elsewhere(lifecycle)
         yield sse.event(meta.chunk(Delta(), finish_reason=event.finish_reason))
         if include_usage:
             usage = ChatCompletionChunk(

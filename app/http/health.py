@@ -42,4 +42,12 @@ class HealthController(Controller):
                 f"projector is behind (at {deps.projector.position}, store at {head})",
                 code="projector_lagging",
             )
-        return Response(HealthStatus(status="ready", checks={"store": "writable", "projector": "caught up"}))
+        checks = {"store": "writable", "projector": "caught up", **_store_identity(deps.store)}
+        return Response(HealthStatus(status="ready", checks=checks))
+
+
+def _store_identity(store: object) -> dict[str, str]:
+    """Which store this instance serves from; on a shared store, which instance this is."""
+    if not getattr(store, "url", ""):
+        return {"store_backend": "sqlite"}
+    return {"store_backend": "postgresql", "instance": str(getattr(store, "instance_id", ""))}

@@ -21,12 +21,14 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, workspace: Path) -> Iterator[Callable[..., BmoServer]]:
+def make_server(tmp_path: Path, workspace: Path, store_url: str) -> Iterator[Callable[..., BmoServer]]:
     started: list[BmoServer] = []
 
     def make(**kwargs: object) -> BmoServer:
         kwargs.setdefault("data_dir", tmp_path / "data")
         server = BmoServer(workspace=workspace, **kwargs)  # type: ignore[arg-type]
+        if store_url:  # the PostgreSQL arm of a `both_stores` module
+            server.extra_env.setdefault("BMO_STORE_URL", store_url)
         started.append(server)
         return server.start()
 

@@ -216,6 +216,7 @@ def wait_for_question(server: BmoServer, timeout: float = 15) -> dict:
     raise AssertionError("no permission question appeared")
 
 
+@pytest.mark.both_stores
 def test_a_mutating_tool_asks_and_an_answer_allows_it(
     make_server: Callable[..., BmoServer], upstream: FakeOpenAI, workspace: Path
 ) -> None:
@@ -249,6 +250,7 @@ def test_a_mutating_tool_asks_and_an_answer_allows_it(
     assert bad.status_code == 400
 
 
+@pytest.mark.both_stores
 def test_an_unanswered_question_is_denied_after_the_timeout(
     make_server: Callable[..., BmoServer], upstream: FakeOpenAI, workspace: Path
 ) -> None:

@@ -8,8 +8,11 @@ from collections.abc import Callable
 
 import httpx
 import openai
+import pytest
 
 from tests.e2e.server import BmoServer
+
+pytestmark = pytest.mark.both_stores  # the ledger is the same on SQLite and on PostgreSQL
 
 UA = "ledger-test-client/1.0"
 
@@ -109,6 +112,7 @@ def test_streamed_run_replays_exactly_and_follow_streams_the_timeline(http: http
         if line.startswith("data: {") and json.loads(line[6:])["choices"]
     )
     with http.stream("GET", f"/v1/openai-compat/runs/{request_id}/events", params={"follow": "true"}) as r:
+        assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
         blocks = [b for b in r.read().decode().split("\n\n") if b]
     assert blocks[-1] == "data: [DONE]"
@@ -154,6 +158,18 @@ def test_runs_pagination_and_filters(http: httpx.Client) -> None:
     assert started == sorted(started, reverse=True)
 
 
+def drop_read_models(server: BmoServer) -> None:
+    url = server.extra_env.get("BMO_STORE_URL")
+    if url:  # PostgreSQL: the read models are tables beside the events
+        from app.projections.pg_db import reset_pg_read_models
+
+        reset_pg_read_models(url)
+        return
+    (server.data_dir / "read_models.db").unlink()
+    for suffix in ("-wal", "-shm"):
+        (server.data_dir / f"read_models.db{suffix}").unlink(missing_ok=True)
+
+
 def test_restart_keeps_the_ledger_and_rebuilds_after_the_read_models_are_deleted(
     make_server: Callable[..., BmoServer],
 ) -> None:
@@ -179,9 +195,7 @@ def test_restart_keeps_the_ledger_and_rebuilds_after_the_read_models_are_deleted
     assert runs_after == runs_before
     second.stop()
 
-    (first.data_dir / "read_models.db").unlink()
-    for suffix in ("-wal", "-shm"):
-        (first.data_dir / f"read_models.db{suffix}").unlink(missing_ok=True)
+    drop_read_models(first)
     third = make_server(data_dir=first.data_dir)
     runs_rebuilt, posture_rebuilt = snapshot(third)
     assert runs_rebuilt == runs_before

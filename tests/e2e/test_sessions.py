@@ -87,6 +87,7 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     return thread, out
 
 
+@pytest.mark.both_stores
 def test_a_busy_session_queues_answers_409_and_the_queued_run_is_resumable(
     make_server: Callable[..., BmoServer], upstream: FakeOpenAI
 ) -> None:
@@ -139,6 +140,7 @@ def test_a_busy_session_queues_answers_409_and_the_queued_run_is_resumable(
     assert content_of(post(server, "third", session="s-1")) == "third answer"
 
 
+@pytest.mark.both_stores
 def test_resume_after_the_end_replays_exactly_what_was_streamed(
     make_server: Callable[..., BmoServer], upstream: FakeOpenAI
 ) -> None:
@@ -169,6 +171,7 @@ def test_resume_after_the_end_replays_exactly_what_was_streamed(
     assert other_session.status_code == 404  # runs are resumed from their own session only
 
 
+@pytest.mark.both_stores
 def test_queue_full_is_429(make_server: Callable[..., BmoServer], upstream: FakeOpenAI) -> None:
     server = make_server(config_text=config(upstream, "max_queue_depth = 1"))
     upstream.script(Slow(2.0, Text("a")), Text("b"))
@@ -183,6 +186,7 @@ def test_queue_full_is_429(make_server: Callable[..., BmoServer], upstream: Fake
 
 
 @pytest.mark.parametrize("workers", [2])
+@pytest.mark.both_stores
 def test_one_active_run_per_session_across_workers(
     make_server: Callable[..., BmoServer], upstream: FakeOpenAI, workers: int
 ) -> None:
@@ -208,6 +212,7 @@ def test_one_active_run_per_session_across_workers(
         assert wait_for_outcome(server, queued_run)["outcome"] == "final_answer"
 
 
+@pytest.mark.both_stores
 def test_a_disconnected_stream_is_cancelled_and_frees_the_session(
     make_server: Callable[..., BmoServer], upstream: FakeOpenAI, workspace: Path
 ) -> None:

@@ -1,0 +1,116 @@
+"""Liveness on a shared store: leases, and closing the runs of instances that are gone.
+
+Each `bmo serve` instance on PostgreSQL holds a lease in the store and renews
+it every quarter lease. A run belongs to the instance that fired or started it
+(recorded with its events). Every instance sweeps now and then: the open runs
+of instances whose lease has expired end as `error_500` / `interrupted` through
+the ordinary commands, and their sessions are released (which starts the next
+queued run here) or their queue places dropped. A live instance's runs are never
+touched. An instance that was only paused finds its runs finished when it
+resumes: its own late appends conflict with the terminal event and are dropped
+by the ordinary decide path, so no run gets a second terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+from app.agent.sessions import SessionService
+from app.commands.execute import Executor
+from app.commands.finish_run import FinishRun
+from app.events.postgres_store import PostgresEventStore
+from app.events.run import Fired
+from app.telemetry import Records
+
+__all__ = ["REASON", "Liveness"]
+
+REASON = "interrupted"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Liveness:
+    store: PostgresEventStore
+    executor: Executor
+    sessions: SessionService
+    records: Records
+    addr: str
+    lease_s: float
+    last_error: str | None = None
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="liveness")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        period = self.lease_s / 4
+        while True:
+            try:
+                await asyncio.to_thread(self.store.hold_lease, self.addr, self.lease_s)
+                await self.sweep()
+                self.last_error = None
+            except Exception as exc:  # the store is away: the lease lapses, by design
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("liveness: %s", self.last_error)
+            await asyncio.sleep(period)
+
+    async def sweep(self) -> list[str]:
+        """Close the runs of expired instances; returns the ones this instance closed."""
+        closed = []
+        for request_id in await asyncio.to_thread(self.store.abandoned_runs):
+            try:
+                if await self._close(request_id):
+                    closed.append(request_id)
+            except Exception:  # one bad run must not keep the others open
+                log.exception("liveness: closing abandoned run %s failed", request_id)
+        return closed
+
+    async def _close(self, request_id: str) -> bool:
+        run_id = UUID(hex=request_id)
+        state = await self.executor.state_of(run_id)
+        ended = await self.executor.execute(
+            FinishRun(
+                run_id=run_id,
+                at=datetime.now(UTC),
+                outcome="error_500",
+                status_code=500,
+                elapsed_ms=0.0,
+                error=REASON,
+            ),
+            durable=True,
+        )
+        if ended:
+            self.records.action(
+                outcome="error_500",
+                terminal=True,
+                request_id=request_id,
+                session_id=state.session_id,
+                route=await self._route(run_id),
+                status_code=500,
+                elapsed_ms=0.0,
+                error=REASON,
+                reason=REASON,
+            )
+        if state.session_id:
+            await self._free(state.session_id, request_id)
+        return bool(ended)
+
+    async def _free(self, session_id: str, request_id: str) -> None:
+        session = await self.sessions.state(session_id)
+        if session.active_run == request_id:
+            await self.sessions.release(session_id, request_id, "error_500", [])  # starts the next one here
+        elif request_id in session.queue:
+            await self.sessions.drop(session_id, request_id, REASON)
+
+    async def _route(self, run_id: UUID) -> str:
+        events = await asyncio.to_thread(self.store.stream, run_id)
+        return next((e.route for e in events if isinstance(e, Fired)), "")

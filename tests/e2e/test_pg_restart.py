@@ -1,0 +1,96 @@
+"""A PostgreSQL restart under load: requests still answered, nothing lost, one outcome per run.
+
+This test restarts the server, so it starts a PostgreSQL cluster of its own
+(never the shared one, nor BMO_TEST_POSTGRES_URL's).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.e2e.server import BmoServer
+from tests.e2e.test_multi_instance import get, run_events, wait_until
+from tests.pg import PgCluster, database_url
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PgCluster]:
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+MAX_REQUESTS = 2000  # about 12,000 events: well inside the outbox
+
+
+def chat(server: BmoServer, client: httpx.Client, text: str) -> httpx.Response:
+    body = {"model": "bmo/local", "messages": [{"role": "user", "content": text}]}
+    return client.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers)
+
+
+@pytest.mark.parametrize("down_s", [0.0, 4.0], ids=["restart", "4s-outage"])
+def test_a_postgres_restart_under_load_loses_no_event(
+    make_server: Callable[..., BmoServer], own_cluster: PgCluster, tmp_path: Path, down_s: float
+) -> None:
+    with database_url(own_cluster) as url:
+        server = make_server(extra_env={"BMO_STORE_URL": url})
+        answered: list[tuple[int, str]] = []
+        stop = threading.Event()
+
+        def load(i: int) -> None:
+            # bounded: `bmo/local` answers in about a millisecond, so unbounded clients would
+            # push more than the outbox holds (20,000 events) through a few seconds of outage,
+            # and the outbox drops (and counts) what overflows by design
+            with httpx.Client(timeout=60) as client:
+                while not stop.is_set() and len(answered) < MAX_REQUESTS:
+                    response = chat(server, client, "list files" if i % 2 else "hello")
+                    answered.append((response.status_code, response.headers.get("x-request-id", "")))
+
+        threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(answered) >= 20, what="load running")
+        before = len(answered)
+        own_cluster.restart(down_s)
+        during = len(answered) - before
+        assert during >= 20, "too little load while the server was away to show anything"
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+        assert {status for status, _ in answered} == {200}, "a chat request failed during the outage"
+        ids = {request_id for _, request_id in answered}
+        assert len(ids) == len(answered)
+
+        def ledger() -> dict[str, str]:
+            with psycopg.connect(url) as conn:  # the whole ledger (more rows than one page)
+                rows = conn.execute(
+                    "SELECT request_id, outcome FROM openai_compat_runs WHERE route = 'chat_completions'"
+                ).fetchall()
+            return dict(rows)
+
+        # the outbox flushes once the server is back, and the projector catches up: all of it
+        wait_until(lambda: set(ledger()) == ids, timeout=60, what="every answered request in the ledger")
+        assert not get(server, "/v1/openai-compat/posture")["ledger"]["degraded"]
+        assert set(ledger().values()) == {"final_answer"}
+        with psycopg.connect(url) as conn:
+            finished = conn.execute(
+                "SELECT count(*), count(DISTINCT originator_id) FROM bmo_events "
+                "WHERE topic = 'app.events.run:Finished'"
+            ).fetchone()
+        assert finished[0] == finished[1]  # one terminal event per run
+        if down_s > 2:  # longer than a save waits for a connection: degraded, the outbox carried it
+            recovered = [r for r in server.records() if r["msg"] == "openai_compat.persistence_recovered"]
+            assert recovered and recovered[0]["flushed_events"] > 0 and recovered[0]["overflowed_events"] == 0
+        for request_id in list(ids)[:: max(1, len(ids) // 25)]:  # a sample of timelines, whole
+            types = [e["type"] for e in run_events(server, request_id)]
+            assert types[0] == "Fired" and types.count("Finished") == 1 and types[-1] == "Finished"
+        server.stop()
