@@ -2,6 +2,7 @@
 
     <venv>/bin/python driver.py turn    < request.json   # socket.io + POST /api/chat/completions
     <venv>/bin/python driver.py browser < request.json   # headless Debian Chromium via Playwright
+    (also `approval` and `regenerate_and_edit`: longer browser scenarios, same shape)
 
 It reads one JSON object on stdin and prints one JSON object on stdout. It only
 uses what that venv has (python-socketio, the version Open WebUI itself pins;
@@ -339,10 +340,103 @@ async def approval(req: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+async def _answered(page: Any, text: str, timeout_ms: int) -> None:
+    """The assistant message shows `text` and the turn is over (its action buttons are back)."""
+    await _page_shows(page, text, timeout_ms)
+    await page.locator("button[aria-label='Regenerate']").last.wait_for(state="visible", timeout=timeout_ms)
+
+
+async def _shot(page: Any, shots: dict[str, str], name: str) -> None:
+    if shots.get(name):
+        await page.screenshot(path=shots[name], full_page=False)
+
+
+async def regenerate_and_edit(req: dict[str, Any]) -> dict[str, Any]:
+    """Send a prompt, press *Regenerate* → *Try Again* on the answer, then edit the user message.
+
+    Each step waits for its expected answer text (`expect`: first, regenerated,
+    edited) and for the message's action buttons, which come back when the turn
+    is over. It reports the chat URL and the page text after each step.
+    """
+    from playwright.async_api import async_playwright
+
+    base: str = req["base"]
+    timeout_ms = int(float(req.get("timeout", 90)) * 1000)
+    expect: dict[str, str] = req["expect"]
+    shots: dict[str, str] = req.get("screenshots", {})
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            req["user_data_dir"],
+            executable_path=req.get("executable", "/usr/bin/chromium"),
+            headless=True,
+            viewport={"width": 1280, "height": 900},
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            await page.goto(f"{base}/?model={req['model']}", timeout=timeout_ms)
+            chat_input = page.locator("#chat-input")
+            await chat_input.wait_for(state="visible", timeout=timeout_ms)
+            await _dismiss_dialogs(page)
+            await page.add_style_tag(content="[data-sonner-toaster] { display: none !important; }")
+            await chat_input.click()
+            await page.keyboard.type(req["prompt"])
+            await page.keyboard.press("Enter")
+            await _answered(page, expect["first"], timeout_ms)
+            await page.wait_for_url("**/c/*", timeout=timeout_ms)
+            result["url"] = page.url
+            await _shot(page, shots, "first")
+            # Regenerate: the answer's button opens Open WebUI's regenerate menu; "Try Again".
+            await page.locator("button[aria-label='Regenerate']").last.click()
+            try_again = page.get_by_role("button", name="Try Again")
+            await try_again.wait_for(state="visible", timeout=timeout_ms)
+            await try_again.click()
+            await _answered(page, expect["regenerated"], timeout_ms)
+            result["after_regenerate"] = await page.evaluate("document.body.innerText")
+            await _shot(page, shots, "regenerated")
+            # Edit the first (only) user message and send it.
+            user_message = page.locator(".user-message").first
+            await user_message.hover()
+            await user_message.locator("button.edit-user-message-button").click()
+            editor = page.locator("textarea[id^='message-edit-']")
+            await editor.wait_for(state="visible", timeout=timeout_ms)
+            await editor.fill(req["edited_prompt"])
+            await page.locator("#confirm-edit-message-button").click()
+            await _answered(page, expect["edited"], timeout_ms)
+            result["after_edit"] = await page.evaluate("document.body.innerText")
+            await _shot(page, shots, "edited")
+            result["final_url"] = page.url
+        except Exception:
+            if req.get("failure_screenshot"):
+                with contextlib.suppress(Exception):
+                    await page.screenshot(path=req["failure_screenshot"], full_page=False)
+            raise
+        finally:
+            await context.close()
+    result["elapsed_s"] = round(time.monotonic() - started, 2)
+    return result
+
+
 def main() -> None:
     command = sys.argv[1]
     req = json.loads(sys.stdin.read())
-    handler = {"turn": turn, "browser": browser, "approval": approval}[command]
+    handler = {
+        "turn": turn,
+        "browser": browser,
+        "approval": approval,
+        "regenerate_and_edit": regenerate_and_edit,
+    }[command]
     print(json.dumps(asyncio.run(handler(req))))
 
 
