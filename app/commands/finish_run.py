@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from app.commands.base import RunCommand, stamp
 from app.events.run import Finished, PermissionDecided, RunState
 
-__all__ = ["FinishRun", "decide"]
+__all__ = ["FinishRun", "close_open_questions", "decide"]
 
 
 class FinishRun(RunCommand, frozen=True, kw_only=True):
@@ -20,17 +22,7 @@ def decide(state: RunState, cmd: FinishRun) -> tuple[PermissionDecided | Finishe
     """The terminal event, after closing the run's unanswered questions (nothing may follow `Finished`)."""
     if not state.is_open:  # the first terminal action wins
         return ()
-    closing = tuple(
-        PermissionDecided(
-            **stamp(state, cmd.at, offset),
-            question_id=question_id,
-            decision="deny",
-            decided_by="run_ended",
-            requester="",
-            decided_via="run_ended",
-        )
-        for offset, question_id in enumerate(sorted(state.open_questions), start=1)
-    )
+    closing = close_open_questions(state, cmd.at)
     return (
         *closing,
         Finished(
@@ -43,4 +35,19 @@ def decide(state: RunState, cmd: FinishRun) -> tuple[PermissionDecided | Finishe
             prompt_tokens=state.prompt_tokens,
             completion_tokens=state.completion_tokens,
         ),
+    )
+
+
+def close_open_questions(state: RunState, at: datetime) -> tuple[PermissionDecided, ...]:
+    """Deny what the run still asks (`run_ended`): no question may outlive its run."""
+    return tuple(
+        PermissionDecided(
+            **stamp(state, at, offset),
+            question_id=question_id,
+            decision="deny",
+            decided_by="run_ended",
+            requester="",
+            decided_via="run_ended",
+        )
+        for offset, question_id in enumerate(sorted(state.open_questions), start=1)
     )

@@ -72,6 +72,23 @@ CASES: list[tuple[str, Any, Any, Any, list[Any]]] = [
         [run.Cancelled(**ident(RUN, 5), reason="gone", by="client", step=OPEN.steps)],
     ),
     (
+        "cancel closes the open questions first",
+        cancel_run.decide,
+        ASKED,
+        cancel_run.CancelRun(run_id=RUN, at=AT, reason="gone", by="client"),
+        [
+            run.PermissionDecided(
+                **ident(RUN, 6),
+                question_id="q9",
+                decision="deny",
+                decided_by="run_ended",
+                requester="",
+                decided_via="run_ended",
+            ),
+            run.Cancelled(**ident(RUN, 7), reason="gone", by="client", step=ASKED.steps),
+        ],
+    ),
+    (
         "finish closes the open questions first",
         finish_run.decide,
         ASKED,
