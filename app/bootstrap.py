@@ -16,6 +16,7 @@ from typing import Any
 
 from eventsourcing.domain import DomainEvent
 
+from app.agent.chat import ChatService
 from app.agent.drain import Drain
 from app.agent.lifecycle import RouteDefaults
 from app.agent.permissions import PermissionGate
@@ -278,6 +279,13 @@ def build_asgi(
         executor=runtime.executor,
         sessions=runtime.sessions,
         tracing=runtime.records.tracing,
+        chat=ChatService(
+            settings=settings,
+            catalog=catalog,
+            turns=turns,
+            executor=runtime.executor,
+            sessions=runtime.sessions,
+        ),
         settle=runtime.settle,
         drain=runtime.drain,
     )

@@ -141,6 +141,11 @@ class Executor:
     async def session_state(self, stream_id: UUID) -> session_stream.SessionState:
         return await self._state(stream_id, _SESSION)
 
+    async def events(self, stream_id: UUID, after_version: int = 0) -> list[DomainEvent]:
+        """A stream's stored events after `after_version`: the one way to read a stream
+        outside the projector (resume, replay, permission waits, session wake-ups)."""
+        return await asyncio.to_thread(self._store.stream, stream_id, after_version)
+
     def forget(self, run_id: UUID) -> None:
         self._live.pop(run_id, None)
 
