@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from app.agent.drain import Drain
@@ -77,19 +78,8 @@ class RequestLifecycle:
             return
         self.fired = True
         self.model = model
-        fields = {
-            "request_id": self.request_id,
-            "session_id": self.session_id,
-            "route": self.route,
-            "tool_policy": self.defaults.tool_policy,
-            "ambiguity_action": self.defaults.ambiguity_action,
-            "model": model,
-            "stream": stream,
-            "is_session_reuse": bool(self.session_id),
-            "client_ua": truncate_utf8(self.client_ua, UA_LIMIT),
-        }
-        self.records.fired(**fields)
-        fields.pop("request_id")
+        fields = self.fired_record(model=model, stream=stream)
+        self.records.fired(request_id=self.request_id, **fields)
         await self.executor.execute(
             FireRun(run_id=self.run_id, at=datetime.now(UTC), requester=self.requester, task=task, **fields)
         )
@@ -102,6 +92,20 @@ class RequestLifecycle:
                     headers=list(self.ignored_identity),
                 )
             )
+
+    def fired_record(self, *, model: str, stream: bool) -> dict[str, Any]:
+        """The one builder of a fired record: this request's context, as FireRun and the
+        `openai_compat.fired` record carry it (a queued run's is built here too)."""
+        return {
+            "session_id": self.session_id,
+            "route": self.route,
+            "tool_policy": self.defaults.tool_policy,
+            "ambiguity_action": self.defaults.ambiguity_action,
+            "model": model,
+            "stream": stream,
+            "is_session_reuse": bool(self.session_id),
+            "client_ua": truncate_utf8(self.client_ua, UA_LIMIT),
+        }
 
     def note(self, outcome: str, **extra: object) -> None:
         """A non-terminal action record (e.g. model_override_applied)."""
