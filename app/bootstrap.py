@@ -241,7 +241,7 @@ def build_asgi(
         max_steps=compat.max_steps,
         show_tool_activity=compat.show_tool_activity,
     )
-    gate = PermissionGate(runtime.executor, runtime.store, timeout_s=compat.permission_timeout_s)
+    gate = PermissionGate(runtime.executor, timeout_s=compat.permission_timeout_s)
     links = ReviewLinks(compat.public_url, load_review_secret(data_dir, compat.review_secret))
     turns = TurnRunner(
         runtime.executor,
@@ -259,7 +259,6 @@ def build_asgi(
     )
     runtime.sessions = SessionService(
         executor=runtime.executor,
-        store=runtime.store,
         turns=turns,
         catalog=catalog,
         records=runtime.records,

@@ -39,7 +39,6 @@ from app.commands.release_run import ReleaseRun
 from app.errors import BmoError, Interrupted
 from app.events.run import FIRED_FIELDS, Fired, Queued, fired_fields
 from app.events.session import RunActivated, RunQueued, SessionState, session_uuid
-from app.events.store import EventStore
 from app.events.writer import PersistFailed
 from app.providers.catalog import ModelCatalog
 from app.telemetry import Records
@@ -78,7 +77,6 @@ class SessionService:
         self,
         *,
         executor: Executor,
-        store: EventStore,
         turns: TurnRunner,
         catalog: ModelCatalog,
         records: Records,
@@ -86,7 +84,6 @@ class SessionService:
         max_queue_depth: int,
     ) -> None:
         self._executor = executor
-        self._store = store
         self._turns = turns
         self._catalog = catalog
         self._records = records
@@ -260,11 +257,11 @@ class SessionService:
 
     async def _queued_work(self, stream_id: UUID, run_id: str) -> QueuedWork | None:
         """From the session's `RunQueued` (one save with the queueing); else the run's own stream."""
-        events = await asyncio.to_thread(self._store.stream, stream_id)
+        events = await self._executor.events(stream_id)
         queued = next((e for e in events if isinstance(e, RunQueued) and e.run_id == run_id), None)
         if queued is not None and queued.fired:
             return self._work(str(queued.fired.get("session_id", "")), queued)
-        run_events = await asyncio.to_thread(self._store.stream, UUID(hex=run_id))  # older streams
+        run_events = await self._executor.events(UUID(hex=run_id))  # older streams
         fired = next((e for e in run_events if isinstance(e, Fired)), None)
         legacy = next((e for e in run_events if isinstance(e, Queued)), None)
         if fired is None or legacy is None:
@@ -305,7 +302,7 @@ class SessionService:
 
     async def _stream_opened(self, run_id: str) -> bool:
         """Did the queueing request write the run's own stream (the usual case)?"""
-        events = await asyncio.to_thread(self._store.stream, UUID(hex=run_id))
+        events = await self._executor.events(UUID(hex=run_id))
         return any(isinstance(e, Queued) for e in events)
 
     async def _release_stream(self, stream_id: UUID, run_id: str) -> None:

@@ -143,8 +143,16 @@ class Executor:
 
     async def events(self, stream_id: UUID, after_version: int = 0) -> list[DomainEvent]:
         """A stream's stored events after `after_version`: the one way to read a stream
-        outside the projector (resume, replay, permission waits, session wake-ups)."""
-        return await asyncio.to_thread(self._store.stream, stream_id, after_version)
+        outside the projector (resume, replay, permission waits, session wake-ups).
+
+        An event newer than a cached run state was appended by someone else (an
+        operator's answer): the cache is dropped, so the next command reloads.
+        """
+        events = await asyncio.to_thread(self._store.stream, stream_id, after_version)
+        cached = self._live.get(stream_id)
+        if cached is not None and events and events[-1].originator_version > cached.version:
+            self.forget(stream_id)
+        return events
 
     def forget(self, run_id: UUID) -> None:
         self._live.pop(run_id, None)

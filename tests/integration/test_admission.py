@@ -92,7 +92,6 @@ class Harness:
         catalog = SimpleNamespace(resolve=lambda model: SimpleNamespace(id=model, model=model))
         self.sessions = SessionService(
             executor=self.executor,
-            store=self.store,
             turns=self.turns,  # type: ignore[arg-type]
             catalog=catalog,  # type: ignore[arg-type]
             records=self.records,
