@@ -245,7 +245,8 @@ def run_events(conn: Any, request_id: str, after_version: int = 0) -> list[dict[
 
 
 def run_count(conn: Any) -> int:
-    return conn.execute("SELECT count(*) FROM openai_compat_runs").fetchone()[0]
+    count: int = conn.execute("SELECT count(*) FROM openai_compat_runs").fetchone()[0]
+    return count
 
 
 def recent_outcomes(conn: Any, n: int = 5) -> list[dict[str, Any]]:
