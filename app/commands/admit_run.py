@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 from eventsourcing.domain import DomainEvent
 
-from app.commands.session_base import SessionCommand, opening, stamp_session
+from app.commands.base import stamp
+from app.commands.session_base import SessionCommand, opening
 from app.events.session import RunActivated, RunQueued, SessionState
 
 __all__ = ["AdmitRun", "SessionQueueFull", "decide"]
@@ -40,9 +41,7 @@ def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
     events: list[DomainEvent] = [*opening(state, cmd.at, cmd.session_id, cmd.model, cmd.requester)]
     if not state.busy:
         events.append(
-            RunActivated(
-                **stamp_session(state, cmd.at, len(events) + 1), run_id=cmd.run_id, requester=cmd.requester
-            )
+            RunActivated(**stamp(state, cmd.at, len(events) + 1), run_id=cmd.run_id, requester=cmd.requester)
         )
         return tuple(events)
     if len(state.queue) >= cmd.max_queue_depth:
@@ -52,7 +51,7 @@ def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
         )
     return (
         RunQueued(
-            **stamp_session(state, cmd.at),
+            **stamp(state, cmd.at),
             run_id=cmd.queued_run_id,
             position=len(state.queue) + 1,
             requester=cmd.requester,
