@@ -25,6 +25,7 @@ __all__ = [
     "RateLimited",
     "ServiceUnavailable",
     "SessionBusy",
+    "SessionQueueFull",
     "Unauthorized",
     "UnsupportedMediaType",
 ]
@@ -124,6 +125,20 @@ class ClientGone(BmoError):
 class RateLimited(BmoError):
     status = 429
     type = "rate_limit_error"
+
+
+class SessionQueueFull(RateLimited):
+    """The session already has `max_queue_depth` runs waiting: retry once one has started."""
+
+    default_code = "session_queue_full"
+    RETRY_AFTER_S: ClassVar[str] = "2"
+
+    def __init__(self, session_id: str, queued: int, max_queue_depth: int) -> None:
+        super().__init__(
+            f"session '{session_id}' already has {queued} queued run(s) "
+            f"(max_queue_depth = {max_queue_depth}). Retry later.",
+            headers={"Retry-After": self.RETRY_AFTER_S},
+        )
 
 
 class InternalError(BmoError):

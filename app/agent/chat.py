@@ -26,11 +26,10 @@ from app.agent.tasks import detect_task
 from app.agent.transcript import follow_client, message_to_dict, options_to_dict, split_turn
 from app.agent.turns import TurnOptions, TurnResult, TurnRunner
 from app.commands import AppendContent, RecordModelCall
-from app.commands.admit_run import SessionQueueFull
 from app.commands.execute import Executor
 from app.commands.note_run import ApplyModelOverride, IgnoreClientTools, MarkResumed
 from app.config import Settings
-from app.errors import InvalidRequest, NotFound, RateLimited, SessionBusy
+from app.errors import InvalidRequest, NotFound, SessionBusy
 from app.events.run import Fired
 from app.providers.base import ChatMessage, ToolSchema, Usage
 from app.providers.catalog import ModelCatalog, ResolvedModel
@@ -341,21 +340,17 @@ async def admit(
 ) -> Admission:
     """Run now, or queue and answer 409, or 429 when the queue is full.
 
-    Admission and queueing are one save (the queued run's turn travels with it).
+    Admission and queueing are one save (the queued run's turn travels with it); a full
+    queue raises SessionQueueFull (429) from the decision itself.
     """
     session_id = lifecycle.session_id
-    try:
-        admission = await sessions.admit(
-            lifecycle,
-            model_id,
-            [message_to_dict(m) for m in new_turn],
-            [message_to_dict(m) for m in earlier],
-            {**options_to_dict(options), "full_history": full_history},
-        )
-    except SessionQueueFull as exc:
-        raise RateLimited(
-            f"{exc}. Retry later.", code="session_queue_full", headers={"Retry-After": RETRY_AFTER_S}
-        ) from exc
+    admission = await sessions.admit(
+        lifecycle,
+        model_id,
+        [message_to_dict(m) for m in new_turn],
+        [message_to_dict(m) for m in earlier],
+        {**options_to_dict(options), "full_history": full_history},
+    )
     if admission.active:
         return admission
     raise SessionBusy(

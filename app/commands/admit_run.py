@@ -14,13 +14,10 @@ from eventsourcing.domain import DomainEvent
 
 from app.commands.base import stamp
 from app.commands.session_base import SessionCommand, opening
+from app.errors import SessionQueueFull
 from app.events.session import RunActivated, RunQueued, SessionState
 
-__all__ = ["AdmitRun", "SessionQueueFull", "decide"]
-
-
-class SessionQueueFull(Exception):
-    """The session already has `max_queue_depth` runs waiting."""
+__all__ = ["AdmitRun", "decide"]
 
 
 class AdmitRun(SessionCommand, frozen=True, kw_only=True):
@@ -45,10 +42,7 @@ def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
         )
         return tuple(events)
     if len(state.queue) >= cmd.max_queue_depth:
-        raise SessionQueueFull(
-            f"session '{cmd.session_id}' already has {len(state.queue)} queued run(s) "
-            f"(max_queue_depth = {cmd.max_queue_depth})"
-        )
+        raise SessionQueueFull(cmd.session_id, len(state.queue), cmd.max_queue_depth)
     return (
         RunQueued(
             **stamp(state, cmd.at),
