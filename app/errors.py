@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from app.outcomes import Outcome
+
 __all__ = [
     "BmoError",
     "ClientGone",
@@ -44,7 +46,7 @@ class BmoError(Exception):
         code: str | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

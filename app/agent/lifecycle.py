@@ -22,6 +22,7 @@ from app.commands import CancelRun, FinishRun, FireRun
 from app.commands.execute import Executor
 from app.commands.note_run import IgnoreRequester
 from app.errors import BmoError
+from app.outcomes import Outcome
 from app.telemetry import Records
 
 __all__ = ["RequestLifecycle", "RouteDefaults"]
@@ -57,8 +58,8 @@ class RequestLifecycle:
     requester: str = ""
     peer: str = ""
     ignored_identity: tuple[str, ...] = ()  # identity headers from an untrusted peer
-    forced_outcome: str | None = None  # set by an error that names its outcome
-    on_finish: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    forced_outcome: Outcome | None = None  # set by an error that names its outcome
+    on_finish: list[Callable[[Outcome], Awaitable[None]]] = field(default_factory=list)
     drain: Drain | None = None  # the serving process's shutdown: a run in flight ends at its deadline
 
     @property
@@ -118,7 +119,9 @@ class RequestLifecycle:
             **extra,
         )
 
-    def finish_later(self, outcome: str, status_code: int, *, error: str = "", by: str = "client") -> None:
+    def finish_later(
+        self, outcome: Outcome, status_code: int, *, error: str = "", by: str = "client"
+    ) -> None:
         """Finish from a context that must not await (a cancelled task)."""
         if self.finished or self.closing is not None:
             return
@@ -133,7 +136,7 @@ class RequestLifecycle:
 
     async def finish(
         self,
-        outcome: str,
+        outcome: Outcome,
         status_code: int,
         *,
         error: str = "",
@@ -180,7 +183,7 @@ class RequestLifecycle:
             self.closing_hooks = asyncio.get_running_loop().create_task(self._run_hooks(outcome))
             await asyncio.shield(self.closing_hooks)
 
-    async def _run_hooks(self, outcome: str) -> None:
+    async def _run_hooks(self, outcome: Outcome) -> None:
         for hook in self.on_finish:
             await hook(outcome)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from app.commands.base import RunCommand, stamp
 from app.events.run import Finished, RunState
+from app.outcomes import Outcome
 
 __all__ = ["FinishRun", "decide"]
 
 
 class FinishRun(RunCommand, frozen=True, kw_only=True):
-    outcome: str
+    outcome: Outcome
     status_code: int
     elapsed_ms: float  # measured on a monotonic clock by the caller
     error: str = ""

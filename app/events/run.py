@@ -16,6 +16,8 @@ import msgspec
 from eventsourcing.domain import DomainEvent
 from msgspec.structs import replace
 
+from app.outcomes import Outcome
+
 __all__ = [
     "FIRED_FIELDS",
     "TERMINAL_EVENTS",
@@ -217,7 +219,7 @@ class HistoryDiverged(DomainEvent):
 class Finished(DomainEvent):
     """Terminal: the `openai_compat.action` record of the request."""
 
-    outcome: str
+    outcome: Outcome
     status_code: int
     elapsed_ms: float
     error: str
