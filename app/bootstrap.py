@@ -17,6 +17,7 @@ from uuid import uuid4
 
 from eventsourcing.domain import DomainEvent
 
+from app.agent.chat import ChatService
 from app.agent.drain import Drain
 from app.agent.lifecycle import RouteDefaults
 from app.agent.permissions import PermissionGate
@@ -255,7 +256,7 @@ def build_asgi(
         max_steps=compat.max_steps,
         show_tool_activity=compat.show_tool_activity,
     )
-    gate = PermissionGate(runtime.executor, runtime.store, timeout_s=compat.permission_timeout_s)
+    gate = PermissionGate(runtime.executor, timeout_s=compat.permission_timeout_s)
     links = ReviewLinks(compat.public_url, load_review_secret(data_dir, compat.review_secret))
     turns = TurnRunner(
         runtime.executor,
@@ -273,7 +274,6 @@ def build_asgi(
     )
     runtime.sessions = SessionService(
         executor=runtime.executor,
-        store=runtime.store,
         turns=turns,
         catalog=catalog,
         records=runtime.records,
@@ -304,6 +304,13 @@ def build_asgi(
         executor=runtime.executor,
         sessions=runtime.sessions,
         tracing=runtime.records.tracing,
+        chat=ChatService(
+            settings=settings,
+            catalog=catalog,
+            turns=turns,
+            executor=runtime.executor,
+            sessions=runtime.sessions,
+        ),
         settle=runtime.settle,
         drain=runtime.drain,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from app.outcomes import Outcome
+
 __all__ = [
     "BmoError",
     "ClientGone",
@@ -25,6 +27,7 @@ __all__ = [
     "RateLimited",
     "ServiceUnavailable",
     "SessionBusy",
+    "SessionQueueFull",
     "Unauthorized",
     "UnsupportedMediaType",
 ]
@@ -43,7 +46,7 @@ class BmoError(Exception):
         code: str | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -124,6 +127,20 @@ class ClientGone(BmoError):
 class RateLimited(BmoError):
     status = 429
     type = "rate_limit_error"
+
+
+class SessionQueueFull(RateLimited):
+    """The session already has `max_queue_depth` runs waiting: retry once one has started."""
+
+    default_code = "session_queue_full"
+    RETRY_AFTER_S: ClassVar[str] = "2"
+
+    def __init__(self, session_id: str, queued: int, max_queue_depth: int) -> None:
+        super().__init__(
+            f"session '{session_id}' already has {queued} queued run(s) "
+            f"(max_queue_depth = {max_queue_depth}). Retry later.",
+            headers={"Retry-After": self.RETRY_AFTER_S},
+        )
 
 
 class InternalError(BmoError):

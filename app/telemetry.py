@@ -18,11 +18,14 @@ from typing import IO, Any
 
 import msgspec
 
+from app.outcomes import Outcome
 from app.tracing import Tracing
 
 __all__ = ["WARN_OUTCOMES", "Records", "log_path", "outcome_level"]
 
-WARN_OUTCOMES = frozenset({"recovery_failed", "k8s_retry_failed", "persist_failed", "error_500"})
+WARN_OUTCOMES: frozenset[Outcome] = frozenset(
+    {"recovery_failed", "k8s_retry_failed", "persist_failed", "error_500"}
+)
 _encode = msgspec.json.Encoder().encode
 
 

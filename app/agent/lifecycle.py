@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from app.agent.drain import Drain
@@ -21,6 +22,7 @@ from app.commands import CancelRun, FinishRun, FireRun
 from app.commands.execute import Executor
 from app.commands.note_run import IgnoreRequester
 from app.errors import BmoError
+from app.outcomes import Outcome
 from app.telemetry import Records
 
 __all__ = ["RequestLifecycle", "RouteDefaults"]
@@ -56,8 +58,8 @@ class RequestLifecycle:
     requester: str = ""
     peer: str = ""
     ignored_identity: tuple[str, ...] = ()  # identity headers from an untrusted peer
-    forced_outcome: str | None = None  # set by an error that names its outcome
-    on_finish: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    forced_outcome: Outcome | None = None  # set by an error that names its outcome
+    on_finish: list[Callable[[Outcome], Awaitable[None]]] = field(default_factory=list)
     drain: Drain | None = None  # the serving process's shutdown: a run in flight ends at its deadline
 
     @property
@@ -77,19 +79,8 @@ class RequestLifecycle:
             return
         self.fired = True
         self.model = model
-        fields = {
-            "request_id": self.request_id,
-            "session_id": self.session_id,
-            "route": self.route,
-            "tool_policy": self.defaults.tool_policy,
-            "ambiguity_action": self.defaults.ambiguity_action,
-            "model": model,
-            "stream": stream,
-            "is_session_reuse": bool(self.session_id),
-            "client_ua": truncate_utf8(self.client_ua, UA_LIMIT),
-        }
-        self.records.fired(**fields)
-        fields.pop("request_id")
+        fields = self.fired_record(model=model, stream=stream)
+        self.records.fired(request_id=self.request_id, **fields)
         await self.executor.execute(
             FireRun(run_id=self.run_id, at=datetime.now(UTC), requester=self.requester, task=task, **fields)
         )
@@ -103,6 +94,20 @@ class RequestLifecycle:
                 )
             )
 
+    def fired_record(self, *, model: str, stream: bool) -> dict[str, Any]:
+        """The one builder of a fired record: this request's context, as FireRun and the
+        `openai_compat.fired` record carry it (a queued run's is built here too)."""
+        return {
+            "session_id": self.session_id,
+            "route": self.route,
+            "tool_policy": self.defaults.tool_policy,
+            "ambiguity_action": self.defaults.ambiguity_action,
+            "model": model,
+            "stream": stream,
+            "is_session_reuse": bool(self.session_id),
+            "client_ua": truncate_utf8(self.client_ua, UA_LIMIT),
+        }
+
     def note(self, outcome: str, **extra: object) -> None:
         """A non-terminal action record (e.g. model_override_applied)."""
         self.records.action(
@@ -114,7 +119,9 @@ class RequestLifecycle:
             **extra,
         )
 
-    def finish_later(self, outcome: str, status_code: int, *, error: str = "", by: str = "client") -> None:
+    def finish_later(
+        self, outcome: Outcome, status_code: int, *, error: str = "", by: str = "client"
+    ) -> None:
         """Finish from a context that must not await (a cancelled task)."""
         if self.finished or self.closing is not None:
             return
@@ -129,7 +136,7 @@ class RequestLifecycle:
 
     async def finish(
         self,
-        outcome: str,
+        outcome: Outcome,
         status_code: int,
         *,
         error: str = "",
@@ -176,7 +183,7 @@ class RequestLifecycle:
             self.closing_hooks = asyncio.get_running_loop().create_task(self._run_hooks(outcome))
             await asyncio.shield(self.closing_hooks)
 
-    async def _run_hooks(self, outcome: str) -> None:
+    async def _run_hooks(self, outcome: Outcome) -> None:
         for hook in self.on_finish:
             await hook(outcome)
 

@@ -21,6 +21,7 @@ from app.agent.activity import details_block
 from app.agent.approval import arguments_digest
 from app.agent.tools.base import Tool, ToolContext, ToolResult
 from app.agent.tools.registry import ToolRegistry
+from app.outcomes import Outcome
 from app.providers.base import (
     ChatMessage,
     ChatProvider,
@@ -88,7 +89,7 @@ class ClientToolCalls:
 class Done:
     finish_reason: str
     usage: Usage
-    outcome: str = "final_answer"
+    outcome: Outcome = "final_answer"
 
 
 AgentEvent = TextChunk | Progress | ClientToolCalls | Done

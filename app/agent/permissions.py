@@ -24,7 +24,6 @@ from app.commands import AskPermission, DecidePermission
 from app.commands.decide_permission import digest_matches
 from app.commands.execute import Executor
 from app.events.run import PermissionAsked, PermissionDecided
-from app.events.store import EventStore
 from app.providers.base import ToolCall
 
 __all__ = ["Decision", "PermissionGate", "Question", "answer"]
@@ -65,11 +64,8 @@ def grant_key(run_id: UUID, session_id: str) -> str:
 
 
 class PermissionGate:
-    def __init__(
-        self, executor: Executor, store: EventStore, *, timeout_s: float, poll_s: float = 0.1
-    ) -> None:
+    def __init__(self, executor: Executor, *, timeout_s: float, poll_s: float = 0.1) -> None:
         self._executor = executor
-        self._store = store
         self._timeout = timeout_s
         self._poll = poll_s
         self._grants: set[tuple[str, str]] = set()  # (grant key, tool)
@@ -161,10 +157,10 @@ class PermissionGate:
 
     async def _find(self, run_id: UUID, question: Question) -> Decision | None:
         asked = question.asked
-        events = await asyncio.to_thread(self._store.stream, run_id, asked.originator_version)
+        # the executor drops its cached state when someone else appended (the operator's answer)
+        events = await self._executor.events(run_id, asked.originator_version)
         for event in events:
             if isinstance(event, PermissionDecided) and event.question_id == asked.question_id:
-                self._executor.forget(run_id)  # someone else appended: reload before writing
                 allowed = event.decision == "allow" and event.digest == asked.digest
                 if allowed and event.scope in ("session", "run"):
                     self._grants.add((grant_key(run_id, asked.session_id), asked.tool))

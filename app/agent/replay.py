@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from uuid import UUID
+
+from eventsourcing.domain import DomainEvent
 
 from app.agent.loop import AgentEvent, Done, Progress, TextChunk
 from app.agent.question_block import QuestionView
 from app.events.run import ContentAppended, Finished, PermissionAsked, PermissionDecided
-from app.events.store import EventStore
 from app.providers.base import Usage
 
-__all__ = ["replay_run"]
+__all__ = ["StreamReader", "replay_run"]
+
+StreamReader = Callable[[UUID, int], Awaitable[Sequence[DomainEvent]]]  # Executor.events
 
 
 async def replay_run(
-    store: EventStore, run_id: UUID, *, poll_s: float = 0.1, questions: QuestionView | None = None
+    read: StreamReader, run_id: UUID, *, poll_s: float = 0.1, questions: QuestionView | None = None
 ) -> AsyncIterator[AgentEvent]:
     """Replay from the start, then follow live until the run's terminal event.
 
@@ -26,7 +29,7 @@ async def replay_run(
     yield Progress()  # the run exists: the response may start before its first content
     version = 0
     while True:
-        events = await asyncio.to_thread(store.stream, run_id, version)
+        events = await read(run_id, version)
         for event in events:
             version = event.originator_version
             if isinstance(event, ContentAppended):

@@ -37,9 +37,8 @@ from app.commands.note_run import NoteDivergence
 from app.commands.queue_run import QueueRun
 from app.commands.release_run import ReleaseRun
 from app.errors import BmoError, Interrupted
-from app.events.run import Fired, Queued
+from app.events.run import FIRED_FIELDS, Fired, Queued, fired_fields
 from app.events.session import RunActivated, RunQueued, SessionState, session_uuid
-from app.events.store import EventStore
 from app.events.writer import PersistFailed
 from app.providers.catalog import ModelCatalog
 from app.telemetry import Records
@@ -47,6 +46,8 @@ from app.telemetry import Records
 __all__ = ["Admission", "SessionService"]
 
 log = logging.getLogger(__name__)
+# a queued run's fired record: requester and task travel beside it
+QUEUED_FIRED = tuple(name for name in FIRED_FIELDS if name not in ("requester", "task"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,6 @@ class SessionService:
         self,
         *,
         executor: Executor,
-        store: EventStore,
         turns: TurnRunner,
         catalog: ModelCatalog,
         records: Records,
@@ -84,7 +84,6 @@ class SessionService:
         max_queue_depth: int,
     ) -> None:
         self._executor = executor
-        self._store = store
         self._turns = turns
         self._catalog = catalog
         self._records = records
@@ -110,7 +109,7 @@ class SessionService:
         """
         session_id = lifecycle.session_id
         queued_id = uuid4().hex
-        fired = self._fired_fields(lifecycle, options)
+        fired = lifecycle.fired_record(model=lifecycle.model, stream=bool(options.get("stream", True)))
         events = await self._executor.execute(
             AdmitRun(
                 stream_id=session_uuid(session_id),
@@ -140,18 +139,6 @@ class SessionService:
         self._records.fired(request_id=queued_id, queued_by=lifecycle.request_id, **fired)
         await self._open_queued_stream(queued_id, self._work(session_id, queued), durable=True)
         return Admission(False, queued_id, position=queued.position)
-
-    def _fired_fields(self, lifecycle: RequestLifecycle, options: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "session_id": lifecycle.session_id,
-            "route": lifecycle.route,
-            "model": lifecycle.model,
-            "stream": bool(options.get("stream", True)),
-            "tool_policy": self._defaults.tool_policy,
-            "ambiguity_action": self._defaults.ambiguity_action,
-            "is_session_reuse": True,
-            "client_ua": lifecycle.client_ua[:64],
-        }
 
     @staticmethod
     def _work(session_id: str, event: RunQueued) -> QueuedWork:
@@ -270,16 +257,16 @@ class SessionService:
 
     async def _queued_work(self, stream_id: UUID, run_id: str) -> QueuedWork | None:
         """From the session's `RunQueued` (one save with the queueing); else the run's own stream."""
-        events = await asyncio.to_thread(self._store.stream, stream_id)
+        events = await self._executor.events(stream_id)
         queued = next((e for e in events if isinstance(e, RunQueued) and e.run_id == run_id), None)
         if queued is not None and queued.fired:
             return self._work(str(queued.fired.get("session_id", "")), queued)
-        run_events = await asyncio.to_thread(self._store.stream, UUID(hex=run_id))  # older streams
+        run_events = await self._executor.events(UUID(hex=run_id))  # older streams
         fired = next((e for e in run_events if isinstance(e, Fired)), None)
         legacy = next((e for e in run_events if isinstance(e, Queued)), None)
         if fired is None or legacy is None:
             return None
-        fields = {k: getattr(fired, k) for k in self._fired_fields_names()}
+        fields = fired_fields(fired, QUEUED_FIRED)
         return QueuedWork(
             fired.session_id,
             fields,
@@ -289,19 +276,6 @@ class SessionService:
             [],
             legacy.options,
             legacy.position,
-        )
-
-    @staticmethod
-    def _fired_fields_names() -> tuple[str, ...]:
-        return (
-            "session_id",
-            "route",
-            "model",
-            "stream",
-            "tool_policy",
-            "ambiguity_action",
-            "is_session_reuse",
-            "client_ua",
         )
 
     async def _run_deferred(self, stream_id: UUID, run_id: str) -> None:
@@ -328,7 +302,7 @@ class SessionService:
 
     async def _stream_opened(self, run_id: str) -> bool:
         """Did the queueing request write the run's own stream (the usual case)?"""
-        events = await asyncio.to_thread(self._store.stream, UUID(hex=run_id))
+        events = await self._executor.events(UUID(hex=run_id))
         return any(isinstance(e, Queued) for e in events)
 
     async def _release_stream(self, stream_id: UUID, run_id: str) -> None:

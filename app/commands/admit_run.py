@@ -12,14 +12,12 @@ from typing import Any
 import msgspec
 from eventsourcing.domain import DomainEvent
 
-from app.commands.session_base import SessionCommand, opening, stamp_session
+from app.commands.base import stamp
+from app.commands.session_base import SessionCommand, opening
+from app.errors import SessionQueueFull
 from app.events.session import RunActivated, RunQueued, SessionState
 
-__all__ = ["AdmitRun", "SessionQueueFull", "decide"]
-
-
-class SessionQueueFull(Exception):
-    """The session already has `max_queue_depth` runs waiting."""
+__all__ = ["AdmitRun", "decide"]
 
 
 class AdmitRun(SessionCommand, frozen=True, kw_only=True):
@@ -40,19 +38,14 @@ def decide(state: SessionState, cmd: AdmitRun) -> tuple[DomainEvent, ...]:
     events: list[DomainEvent] = [*opening(state, cmd.at, cmd.session_id, cmd.model, cmd.requester)]
     if not state.busy:
         events.append(
-            RunActivated(
-                **stamp_session(state, cmd.at, len(events) + 1), run_id=cmd.run_id, requester=cmd.requester
-            )
+            RunActivated(**stamp(state, cmd.at, len(events) + 1), run_id=cmd.run_id, requester=cmd.requester)
         )
         return tuple(events)
     if len(state.queue) >= cmd.max_queue_depth:
-        raise SessionQueueFull(
-            f"session '{cmd.session_id}' already has {len(state.queue)} queued run(s) "
-            f"(max_queue_depth = {cmd.max_queue_depth})"
-        )
+        raise SessionQueueFull(cmd.session_id, len(state.queue), cmd.max_queue_depth)
     return (
         RunQueued(
-            **stamp_session(state, cmd.at),
+            **stamp(state, cmd.at),
             run_id=cmd.queued_run_id,
             position=len(state.queue) + 1,
             requester=cmd.requester,

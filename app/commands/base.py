@@ -9,6 +9,7 @@ from uuid import UUID
 import msgspec
 
 from app.events.run import RunState
+from app.events.session import SessionState
 
 __all__ = ["RunCommand", "stamp"]
 
@@ -18,10 +19,10 @@ class RunCommand(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime  # wall-clock time of the decision; ordering never depends on it
 
 
-def stamp(state: RunState, at: datetime, offset: int = 1) -> dict[str, Any]:
-    """Identity fields of the `offset`-th new event after `state`."""
+def stamp(state: RunState | SessionState, at: datetime, offset: int = 1) -> dict[str, Any]:
+    """Identity fields of the `offset`-th new event after `state` (a run's or a session's)."""
     return {
-        "originator_id": state.run_id,
+        "originator_id": state.run_id if isinstance(state, RunState) else state.stream_id,
         "originator_version": state.version + offset,
         "timestamp": at,
     }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app.commands.session_base import SessionCommand, stamp_session
+from app.commands.base import stamp
+from app.commands.session_base import SessionCommand
 from app.events.session import QueuedRunDropped, SessionState
 
 __all__ = ["DropQueuedRun", "decide"]
@@ -16,4 +17,4 @@ class DropQueuedRun(SessionCommand, frozen=True, kw_only=True):
 def decide(state: SessionState, cmd: DropQueuedRun) -> tuple[QueuedRunDropped, ...]:
     if cmd.run_id not in state.queue:
         return ()
-    return (QueuedRunDropped(**stamp_session(state, cmd.at), run_id=cmd.run_id, reason=cmd.reason),)
+    return (QueuedRunDropped(**stamp(state, cmd.at), run_id=cmd.run_id, reason=cmd.reason),)

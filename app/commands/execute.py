@@ -16,7 +16,8 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
@@ -51,23 +52,28 @@ __all__ = ["Command", "Executor"]
 log = logging.getLogger(__name__)
 Command = RunCommand | SessionCommand
 Decider = Callable[[Any, Any], tuple[DomainEvent, ...]]
+S = TypeVar("S")  # a stream's folded state
 
 
 @dataclass(frozen=True, slots=True)
-class _Kind:
+class _Kind(Generic[S]):
     """How to fold a kind of stream, and whether its state may be cached in memory."""
 
-    initial: Callable[[UUID], Any]
-    evolve: Callable[[Any, DomainEvent], Any]
+    initial: Callable[[UUID], S]
+    evolve: Callable[[S, DomainEvent], S]
     cache: bool
 
 
 # Runs have one writer (their request) and are cached; sessions are shared by
 # every process, so they are always loaded fresh (optimistic concurrency).
-_RUN = _Kind(lambda i: run_stream.RunState(run_id=i), run_stream.evolve, cache=True)
-_SESSION = _Kind(lambda i: session_stream.SessionState(stream_id=i), session_stream.evolve, cache=False)
+_RUN: _Kind[run_stream.RunState] = _Kind(
+    lambda i: run_stream.RunState(run_id=i), run_stream.evolve, cache=True
+)
+_SESSION: _Kind[session_stream.SessionState] = _Kind(
+    lambda i: session_stream.SessionState(stream_id=i), session_stream.evolve, cache=False
+)
 
-_DECIDERS: dict[type[Command], tuple[Decider, _Kind]] = {
+_DECIDERS: dict[type[Command], tuple[Decider, _Kind[Any]]] = {
     fire_run.FireRun: (fire_run.decide, _RUN),
     start_run.StartRun: (start_run.decide, _RUN),
     record_model_call.RecordModelCall: (record_model_call.decide, _RUN),
@@ -128,7 +134,7 @@ class Executor:
                 else:  # finished: nothing will ask
                     self._last_submitted.pop(stream_id, None)
             if not durable:  # the outbox keeps them until the store takes them: the cache is right
-                done.add_done_callback(lambda f, c=cmd: self._on_saved(f, c))
+                done.add_done_callback(partial(self._on_saved, cmd=cmd))
                 return events
             try:
                 await done
@@ -154,6 +160,19 @@ class Executor:
 
     async def session_state(self, stream_id: UUID) -> session_stream.SessionState:
         return await self._state(stream_id, _SESSION)
+
+    async def events(self, stream_id: UUID, after_version: int = 0) -> list[DomainEvent]:
+        """A stream's stored events after `after_version`: the one way to read a stream
+        outside the projector (resume, replay, permission waits, session wake-ups).
+
+        An event newer than a cached run state was appended by someone else (an
+        operator's answer): the cache is dropped, so the next command reloads.
+        """
+        events = await asyncio.to_thread(self._store.stream, stream_id, after_version)
+        cached = self._live.get(stream_id)
+        if cached is not None and events and events[-1].originator_version > cached.version:
+            self.forget(stream_id)
+        return events
 
     def forget(self, run_id: UUID) -> None:
         self._live.pop(run_id, None)
@@ -197,10 +216,10 @@ class Executor:
         except Exception:  # logged; the writer's degraded flag covers store failures
             log.exception("re-deciding %s after a conflict failed", type(cmd).__name__)
 
-    async def _state(self, stream_id: UUID, kind: _Kind, *, fresh: bool = False) -> Any:
-        state = self._live.get(stream_id) if kind.cache else None
-        if state is not None:
-            return state
+    async def _state(self, stream_id: UUID, kind: _Kind[S], *, fresh: bool = False) -> S:
+        cached = self._live.get(stream_id) if kind.cache else None
+        if cached is not None:  # only run states are cached (`_RUN.cache`)
+            return cast(S, cached)
         if fresh:  # a stream being opened has no history worth reading
             return kind.initial(stream_id)
         events = await asyncio.to_thread(self._store.stream, stream_id)

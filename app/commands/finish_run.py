@@ -6,12 +6,13 @@ from datetime import datetime
 
 from app.commands.base import RunCommand, stamp
 from app.events.run import Finished, PermissionDecided, RunState
+from app.outcomes import Outcome
 
 __all__ = ["FinishRun", "close_open_questions", "decide"]
 
 
 class FinishRun(RunCommand, frozen=True, kw_only=True):
-    outcome: str
+    outcome: Outcome
     status_code: int
     elapsed_ms: float  # measured on a monotonic clock by the caller
     error: str = ""

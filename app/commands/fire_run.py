@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.commands.base import RunCommand, stamp
-from app.events.run import Fired, RunState
+from app.events.run import Fired, RunState, fired_fields
 
 __all__ = ["FireRun", "decide"]
 
@@ -24,18 +24,4 @@ class FireRun(RunCommand, frozen=True, kw_only=True):
 def decide(state: RunState, cmd: FireRun) -> tuple[Fired, ...]:
     if state.fired:  # a stream is fired once; repeating is a no-op
         return ()
-    return (
-        Fired(
-            **stamp(state, cmd.at),
-            session_id=cmd.session_id,
-            route=cmd.route,
-            model=cmd.model,
-            stream=cmd.stream,
-            tool_policy=cmd.tool_policy,
-            ambiguity_action=cmd.ambiguity_action,
-            is_session_reuse=cmd.is_session_reuse,
-            client_ua=cmd.client_ua,
-            requester=cmd.requester,
-            task=cmd.task,
-        ),
-    )
+    return (Fired(**stamp(state, cmd.at), **fired_fields(cmd)),)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.commands.session_base import SessionCommand, stamp_session
+from app.commands.base import stamp
+from app.commands.session_base import SessionCommand
 from app.events.session import SessionState, TranscriptReplaced
 
 __all__ = ["FollowClientHistory", "decide"]
@@ -23,7 +24,7 @@ def decide(state: SessionState, cmd: FollowClientHistory) -> tuple[TranscriptRep
         return ()
     return (
         TranscriptReplaced(
-            **stamp_session(state, cmd.at),
+            **stamp(state, cmd.at),
             run_id=cmd.run_id,
             kept=cmd.kept,
             dropped=cmd.dropped,

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import msgspec
 
+from app.commands.base import stamp
 from app.events.session import SessionOpened, SessionState
 
-__all__ = ["SessionCommand", "opening", "stamp_session"]
+__all__ = ["SessionCommand", "opening"]
 
 
 class SessionCommand(msgspec.Struct, frozen=True, kw_only=True):
     stream_id: UUID  # session_uuid(session id)
     at: datetime
-
-
-def stamp_session(state: SessionState, at: datetime, offset: int = 1) -> dict[str, Any]:
-    return {
-        "originator_id": state.stream_id,
-        "originator_version": state.version + offset,
-        "timestamp": at,
-    }
 
 
 def opening(
@@ -32,6 +24,4 @@ def opening(
     """The SessionOpened event a first command on a session starts with (none once opened)."""
     if state.opened:
         return []
-    return [
-        SessionOpened(**stamp_session(state, at), session_id=session_id, model=model, requester=requester)
-    ]
+    return [SessionOpened(**stamp(state, at), session_id=session_id, model=model, requester=requester)]

@@ -7,7 +7,7 @@ Fields are plain JSON types only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -16,7 +16,10 @@ import msgspec
 from eventsourcing.domain import DomainEvent
 from msgspec.structs import replace
 
+from app.outcomes import Outcome
+
 __all__ = [
+    "FIRED_FIELDS",
     "TERMINAL_EVENTS",
     "Cancelled",
     "ClientToolsIgnored",
@@ -37,6 +40,7 @@ __all__ = [
     "Started",
     "ToolCalled",
     "evolve",
+    "fired_fields",
     "fold",
     "run_uuid",
 ]
@@ -61,6 +65,18 @@ class Fired(DomainEvent):
     client_ua: str
     requester: str
     task: str
+
+
+# The one list of what a fired run carries: Fired's own fields (the command, the
+# queued run's record and the ledger row are read from or checked against it).
+FIRED_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(Fired) if f.name not in {b.name for b in fields(DomainEvent)}
+)
+
+
+def fired_fields(source: object, names: tuple[str, ...] = FIRED_FIELDS) -> dict[str, Any]:
+    """The fired fields of anything that carries them by name (a FireRun, a Fired)."""
+    return {name: getattr(source, name) for name in names}
 
 
 @dataclass(frozen=True)
@@ -203,7 +219,7 @@ class HistoryDiverged(DomainEvent):
 class Finished(DomainEvent):
     """Terminal: the `openai_compat.action` record of the request."""
 
-    outcome: str
+    outcome: Outcome
     status_code: int
     elapsed_ms: float
     error: str

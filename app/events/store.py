@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import Application
@@ -49,13 +49,13 @@ class EventStore:
 
     def stream(self, stream_id: UUID, after_version: int = 0) -> list[DomainEvent]:
         gt = after_version if after_version > 0 else None
-        return list(self._app.repository.event_store.get(stream_id, gt=gt))
+        return cast("list[DomainEvent]", list(self._app.repository.event_store.get(stream_id, gt=gt)))
 
     def notifications(self, after: int, limit: int) -> Sequence[Notification]:
         return self._app.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
 
     def to_event(self, notification: Notification) -> DomainEvent:
-        return self._app.mapper.to_domain_event(notification)
+        return cast(DomainEvent, self._app.mapper.to_domain_event(notification))
 
     def max_notification_id(self) -> int:
         return self._app.recorder.max_notification_id() or 0

@@ -34,10 +34,8 @@ __all__ = [
     "DisconnectWatch",
     "Meta",
     "complete",
-    "json_answer",
     "respond",
     "stream",
-    "text_answer",
 ]
 
 KEEP_ALIVE_S = 15.0
@@ -92,28 +90,6 @@ async def _complete_unless_gone(
     await lifecycle.finish("cancelled", 499, error=CLIENT_GONE)
     error = envelope(ClientGone("The client disconnected; the run was cancelled."))
     return Response(error, status_code=499, media_type="application/json")
-
-
-async def text_answer(
-    lifecycle: RequestLifecycle, meta: Meta, text: str, streaming: bool, include_usage: bool, *, outcome: str
-) -> Response[Any]:
-    """A fixed answer (no model call) in whichever shape the client asked for."""
-
-    async def events() -> AsyncIterator[AgentEvent]:
-        yield Done("stop", Usage(), outcome)
-
-    return await respond(TextChunk(text), events(), lifecycle, meta, streaming, include_usage)
-
-
-async def json_answer(
-    lifecycle: RequestLifecycle, meta: Meta, text: str, finish_reason: str, usage: Usage
-) -> Response[Any]:
-    """Always application/json (Open WebUI's background tasks need it, whatever `stream` said)."""
-
-    async def events() -> AsyncIterator[AgentEvent]:
-        yield Done(finish_reason, usage)
-
-    return await complete(TextChunk(text), events(), lifecycle, meta)
 
 
 class Meta:

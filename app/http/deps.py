@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.agent.chat import ChatService
 from app.agent.drain import Drain
 from app.agent.turns import TurnRunner
 from app.config import Settings
@@ -30,5 +31,6 @@ class HttpDeps:
     executor: Any  # Executor: command handlers only
     sessions: Any  # SessionService
     tracing: Any  # Tracing: export counters for posture
+    chat: ChatService  # the chat use case: every decision of POST /v1/chat/completions
     settle: Callable[[], Awaitable[None]]  # let the projector catch up (bounded)
     drain: Drain | None = None  # the process's shutdown: follow streams end when it interrupts

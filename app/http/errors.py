@@ -27,6 +27,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.events.writer import PersistFailed
+from app.outcomes import Outcome
 
 __all__ = ["envelope_bytes", "exception_handler", "outcome_for_status", "to_bmo_error"]
 
@@ -59,7 +60,7 @@ def envelope_bytes(exc: BmoError) -> bytes:
     return _encode(envelope(exc))
 
 
-def outcome_for_status(status: int) -> str:
+def outcome_for_status(status: int) -> Outcome:
     if status == 401:
         return "auth_failed"
     if status >= 500:

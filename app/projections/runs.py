@@ -15,6 +15,7 @@ import msgspec
 from eventsourcing.domain import DomainEvent
 
 from app.events.run import Finished, Fired, ModelCalled
+from app.outcomes import OUTCOMES
 from app.projections.rows import Insert, RowOp, Update
 
 __all__ = [
@@ -82,21 +83,6 @@ ROUTES = (
     "unmatched",
 )
 OPERATOR_ROUTES = ("posture", "runs_list", "run_events_list", "permissions")  # an operator's own reads
-OUTCOMES = (
-    "final_answer",
-    "clarification",
-    "queued",
-    "resumed",
-    "cancelled",
-    "model_override_applied",
-    "model_override_rejected",
-    "auth_failed",
-    "invalid_request",
-    "recovery_failed",
-    "k8s_retry_failed",
-    "persist_failed",
-    "error_500",
-)
 TRAFFIC = ("all", "client", "operator")  # client = every route but OPERATOR_ROUTES
 
 _IDENTITY = {"originator_id", "originator_version", "timestamp"}
@@ -245,7 +231,8 @@ def run_events(conn: Any, request_id: str, after_version: int = 0) -> list[dict[
 
 
 def run_count(conn: Any) -> int:
-    return conn.execute("SELECT count(*) FROM openai_compat_runs").fetchone()[0]
+    count: int = conn.execute("SELECT count(*) FROM openai_compat_runs").fetchone()[0]
+    return count
 
 
 def recent_outcomes(conn: Any, n: int = 5) -> list[dict[str, Any]]:

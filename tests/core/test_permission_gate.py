@@ -57,7 +57,7 @@ async def question_of(store: EventStore, run_id: UUID) -> PermissionAsked:
 
 def test_an_operator_answer_from_another_worker_reaches_the_waiting_run(tmp_path: Path) -> None:
     async def body(store: EventStore, agent: Executor, operator: Executor, run_id: UUID) -> tuple:
-        gate = PermissionGate(agent, store, timeout_s=30, poll_s=0.01)
+        gate = PermissionGate(agent, timeout_s=30, poll_s=0.01)
         waiting = asyncio.create_task(ask(gate, run_id, CALL))
         asked = await question_of(store, run_id)
         assert (asked.tool, asked.call_id) == ("write_file", "call_1")
@@ -85,7 +85,7 @@ def test_an_operator_answer_from_another_worker_reaches_the_waiting_run(tmp_path
 
 def test_an_unanswered_question_is_denied_at_its_timeout(tmp_path: Path) -> None:
     async def body(store: EventStore, agent: Executor, operator: Executor, run_id: UUID) -> tuple:
-        gate = PermissionGate(agent, store, timeout_s=0.3, poll_s=0.05)
+        gate = PermissionGate(agent, timeout_s=0.3, poll_s=0.05)
         decision = await asyncio.wait_for(ask(gate, run_id, CALL), 10)
         return decision, store.stream(run_id)
 
@@ -102,7 +102,7 @@ def test_a_question_on_an_ended_run_is_refused_and_an_answer_to_it_is_run_ended(
     async def body(store: EventStore, agent: Executor, operator: Executor, run_id: UUID) -> tuple:
         finish = FinishRun(run_id=run_id, at=now(), outcome="final_answer", status_code=200, elapsed_ms=1)
         await agent.execute(finish, durable=True)
-        gate = PermissionGate(agent, store, timeout_s=30, poll_s=0.01)
+        gate = PermissionGate(agent, timeout_s=30, poll_s=0.01)
         decision = await asyncio.wait_for(ask(gate, run_id, CALL), 10)
         unknown = await answer(operator, run_id, "nope", "allow")
         return decision, unknown

@@ -33,8 +33,9 @@ from app.commands import (
     release_run,
     start_run,
 )
-from app.commands.admit_run import AdmitRun, SessionQueueFull
+from app.commands.admit_run import AdmitRun
 from app.commands.admit_run import decide as decide_admit
+from app.errors import SessionQueueFull
 from app.events import run, session
 from app.events.store import EventStore
 from tests.core.helpers import dump, fire_cmd, now, runner

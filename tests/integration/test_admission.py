@@ -20,6 +20,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from app.agent import chat
 from app.agent.lifecycle import RequestLifecycle, RouteDefaults
 from app.agent.loop import Done
 from app.agent.sessions import SessionService
@@ -31,7 +32,6 @@ from app.events.run import Finished, fold
 from app.events.session import session_uuid
 from app.events.store import open_event_store
 from app.events.writer import EventWriter, PersistFailed
-from app.http import chat
 from app.providers.base import ChatMessage, Usage
 from app.telemetry import Records
 
@@ -92,14 +92,12 @@ class Harness:
         catalog = SimpleNamespace(resolve=lambda model: SimpleNamespace(id=model, model=model))
         self.sessions = SessionService(
             executor=self.executor,
-            store=self.store,
             turns=self.turns,  # type: ignore[arg-type]
             catalog=catalog,  # type: ignore[arg-type]
             records=self.records,
             defaults=DEFAULTS,
             max_queue_depth=4,
         )
-        self.deps = SimpleNamespace(sessions=self.sessions)
 
     async def lifecycle(self) -> RequestLifecycle:
         lifecycle = RequestLifecycle(
@@ -117,8 +115,8 @@ class Harness:
     async def admit(self, lifecycle: RequestLifecycle, text: str) -> str:
         """What the chat route does; returns 'active', 'queued:<run id>' or the error's code."""
         try:
-            admission = await chat._admit(
-                self.deps,  # type: ignore[arg-type]
+            admission = await chat.admit(
+                self.sessions,
                 lifecycle,
                 "up/m",
                 (ChatMessage("user", text),),

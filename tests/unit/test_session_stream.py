@@ -15,10 +15,11 @@ from app.agent.transcript import (
     split_turn,
 )
 from app.commands import admit_run, drop_queued_run, follow_history, release_run
-from app.commands.admit_run import AdmitRun, SessionQueueFull
+from app.commands.admit_run import AdmitRun
 from app.commands.drop_queued_run import DropQueuedRun
 from app.commands.follow_history import FollowClientHistory
 from app.commands.release_run import ReleaseRun
+from app.errors import SessionQueueFull
 from app.events.session import (
     RunActivated,
     RunQueued,
