@@ -71,7 +71,7 @@ class _OwningRecorder(PostgresApplicationRecorder):
         the writer would block for most of a minute while the server is away, with
         nothing degraded in posture and session turns waiting instead of a prompt 503.
         The writer's own outbox retries instead, with backoff, and says so."""
-        return PostgresApplicationRecorder.insert_events.__wrapped__(self, stored_events, **kwargs)  # type: ignore[attr-defined]
+        return PostgresApplicationRecorder.insert_events.__wrapped__(self, stored_events, **kwargs)
 
     def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)

@@ -69,7 +69,7 @@ class Row(tuple):  # type: ignore[type-arg]
     def keys(self) -> tuple[str, ...]:
         return self._names
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._names.index(key))
         return tuple.__getitem__(self, key)
