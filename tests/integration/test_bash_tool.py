@@ -55,7 +55,7 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_gone(pids: list[int], limit: float = 2.0) -> list[int]:
+def wait_gone(pids: list[int], limit: float = 10.0) -> list[int]:
     """The pids still alive after up to `limit` seconds."""
     deadline = time.monotonic() + limit
     while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
@@ -156,7 +156,7 @@ def test_cancel_kills_children(ws: Path, ctx: ToolContext) -> None:
 
     async def scenario() -> list[int]:
         task = asyncio.create_task(Bash().run({"command": command}, ctx))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a loaded machine spawns slowly
         while len(read_pids(pids_file)) < 3:
             assert time.monotonic() < deadline, "command did not start"
             await asyncio.sleep(0.02)
