@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -106,6 +107,11 @@ def test_a_dead_collector_never_fails_a_chat(make_server: Callable[..., BmoServe
     server = make_server(config_text=otel_config(dead))
     for stream in (False, True, False):
         chat(server, stream=stream)
+    # the failed export is reported when the batch is sent (on the exporter's schedule, or at the
+    # latest at shutdown): wait for the report, then stop, so a slow machine cannot stop first
+    deadline = time.monotonic() + 90
+    while "OpenTelemetry: " not in server.stderr() and time.monotonic() < deadline:
+        time.sleep(0.2)
     server.stop()
     stderr = server.stderr()
     assert "Traceback" not in stderr
