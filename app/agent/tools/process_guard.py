@@ -244,7 +244,7 @@ def reap_orphans(directory: Path, owner: int | None = None) -> list[Reaped]:
             continue  # another server's, or its server is still running
         killed = _kill_group(record)
         if killed:
-            reaped.append(Reaped(record.marker, tuple(killed), tuple(_command(p) for p in killed)))
+            reaped.append(Reaped(record.marker, tuple(killed), tuple(killed.values())))
         GroupRecords.remove(path)
     return reaped
 
@@ -257,8 +257,9 @@ def _load(path: Path) -> _Record | None:
         return None
 
 
-def _kill_group(record: _Record) -> list[int]:
-    """SIGKILL the group; returns the pids signalled (commands read before the kill)."""
+def _kill_group(record: _Record) -> dict[int, str]:
+    """SIGKILL the group; returns the pids signalled with their commands, read before the kill
+    (a killed process's command line is gone at once)."""
     victims: dict[int, str] = {}
     if record.leader_pid and _alive(record.leader_pid, record.leader_start):
         for pid in _pids():
@@ -272,7 +273,7 @@ def _kill_group(record: _Record) -> list[int]:
     for pid in victims:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    return sorted(victims)
+    return dict(sorted(victims.items()))
 
 
 def _pids() -> list[int]:
