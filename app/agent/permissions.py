@@ -69,7 +69,6 @@ class PermissionGate:
         self._timeout = timeout_s
         self._poll = poll_s
         self._grants: set[tuple[str, str]] = set()  # (grant key, tool)
-        self._closing: set[asyncio.Task[object]] = set()
 
     @property
     def timeout_s(self) -> float:
@@ -103,38 +102,17 @@ class PermissionGate:
     async def wait(self, run_id: UUID, question: Question) -> Decision:
         """Poll the run's stream for the answer until the question's timeout, then deny.
 
-        A run that ends while it waits (client gone, cancelled) records the
-        question as denied with `decided_via: "run_ended"`, in a task of its own:
-        cancellation must not wait on the store.
+        A run that ends while it waits (client gone, cancelled, shut down) closes the question in
+        the same decision as its end (`CancelRun` / `FinishRun` deny it with `run_ended`).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + question.timeout_s
-        try:
-            while loop.time() < deadline:
-                await asyncio.sleep(min(self._poll, max(0.0, deadline - loop.time())))
-                decision = await self._find(run_id, question)
-                if decision is not None:
-                    return decision
-        except asyncio.CancelledError:
-            task = loop.create_task(self._end(run_id, question.asked.question_id))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-            raise
+        while loop.time() < deadline:
+            await asyncio.sleep(min(self._poll, max(0.0, deadline - loop.time())))
+            decision = await self._find(run_id, question)
+            if decision is not None:
+                return decision
         return await self._time_out(run_id, question)
-
-    async def _end(self, run_id: UUID, question_id: str) -> None:
-        command = DecidePermission(
-            run_id=run_id,
-            at=datetime.now(UTC),
-            question_id=question_id,
-            decision="deny",
-            decided_by="run_ended",
-            decided_via="run_ended",
-        )
-        try:
-            await self._executor.execute(command, durable=True)
-        except Exception:  # best effort: the read model closes the question with its run anyway
-            log.exception("recording the end of question %s failed", question_id)
 
     async def _time_out(self, run_id: UUID, question: Question) -> Decision:
         qid = question.asked.question_id
