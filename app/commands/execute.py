@@ -44,6 +44,7 @@ from app.commands.base import RunCommand
 from app.commands.session_base import SessionCommand
 from app.events import run as run_stream
 from app.events import session as session_stream
+from app.events.lease import OwnLease
 from app.events.store import EventStore
 from app.events.writer import EventWriter
 
@@ -114,6 +115,8 @@ class Executor:
         self._shared = bool(getattr(store, "url", ""))
         self._last_submitted: dict[UUID, asyncio.Future[int]] = {}
         self._retries: set[asyncio.Task[Any]] = set()
+        # a shared store: this instance's lease (set by its liveness); None until it holds one
+        self.own_lease: OwnLease | None = None
 
     async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
         decide, kind = _DECIDERS[type(cmd)]
@@ -185,19 +188,30 @@ class Executor:
         self._conflicted |= stream_ids
 
     async def closed_elsewhere(self, run_id: UUID) -> bool:
-        """True when another writer finished this run (e.g. a sweeper while we were paused).
+        """True when another instance finished this run (its sweep, after this instance's
+        lease lapsed while it was paused or cut off from the store).
 
-        Only a run that met a conflict is read again. On a shared store the run's last
-        append is waited for first (a conflict shows when the store refuses it); on the
-        embedded store no other instance exists and nothing is waited for.
+        No store round trip on the hot path: another writer's append to a run shows up
+        as the writer's refusal of ours (`on_conflict`), and only such a run is read
+        again. The run's last append is waited for only when a sweep could have closed
+        the run: this instance's lease is not surely held (`own_lease`) and the store is
+        taking writes. While the store fails, the outbox keeps the events and waiting
+        would only stall the answer; should they be refused later, the writer drops the
+        whole stale chain, so a run never gets a second terminal event.
         """
         last = self._last_submitted.pop(run_id, None)
-        if last is not None and not last.done():  # settle our own appends first: then we know
-            await asyncio.wait({last}, timeout=10)
+        if last is not None and self._may_have_been_swept():
+            await self._writer.landed(last, timeout=self._writer.unavailable_wait_s)
         if run_id not in self._conflicted:
             return False
         self._conflicted.discard(run_id)
         return (await self.state_of(run_id)).finished
+
+    def _may_have_been_swept(self) -> bool:
+        """Only on a shared store, and only once this instance's own lease may have expired."""
+        if not self._shared:
+            return False
+        return self.own_lease is None or not self.own_lease.surely_held()
 
     def live_runs(self) -> list[run_stream.RunState]:
         return list(self._live.values())

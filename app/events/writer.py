@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
@@ -77,6 +78,7 @@ class EventWriter:
     _pending: list[_Submission] = field(default_factory=list)
     _held: int = 0  # events in _pending (kept as a count: summing per submit is quadratic)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _failing: asyncio.Event = field(default_factory=asyncio.Event)  # set while degraded
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _saving: asyncio.Future[int] | None = None
@@ -100,6 +102,19 @@ class EventWriter:
         self._idle.clear()
         self._wake.set()
         return done
+
+    async def landed(self, done: asyncio.Future[int], timeout: float) -> bool:
+        """Wait until the submission `done` was saved or refused, unless the store is failing
+        (then its events wait in the outbox and waiting would only stall the caller).
+        True when it is settled."""
+        if not done.done() and not self.state.degraded:
+            failing: asyncio.Future[Any] = asyncio.ensure_future(self._failing.wait())
+            waiting: set[asyncio.Future[Any]] = {done, failing}
+            try:
+                await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                failing.cancel()
+        return done.done()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is saved (or timeout)."""
@@ -202,6 +217,7 @@ class EventWriter:
             self.state.flushed_after_failure += flushed
             self.state.incident_flushed = flushed
             self.state.degraded = False
+            self._failing.clear()
             self.on_recovered(self.state)
             self.state.incident_overflowed = 0
         self._remove(batch)
@@ -219,6 +235,7 @@ class EventWriter:
 
     def _record_failure(self, batch: list[_Submission], exc: Exception) -> None:
         self.state.degraded = True
+        self._failing.set()
         self.state.failures += 1
         self.state.last_error = f"{type(exc).__name__}: {exc}"
         unreported = [s for s in batch if not s.reported]

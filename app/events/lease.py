@@ -1,0 +1,36 @@
+"""What an instance knows of its own lease, on its own clock.
+
+On a shared store another instance closes this instance's runs only once this
+instance's lease has expired (its sweep reads the lease on the database's
+clock). So while the lease is surely held, nothing but this instance can have
+ended its runs, and its hot path needs no store round trip to know it. The
+instance counts the lease as surely held for half of `lease_s` after the moment
+it *asked* for the last renewal that succeeded (the database stamped the expiry
+later than that, so this errs on the safe side); the other half is left for the
+appends it has in flight to land before any sweeper could decide against it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["OwnLease"]
+
+
+@dataclass(slots=True)
+class OwnLease:
+    lease_s: float
+    clock: Callable[[], float] = time.monotonic  # keeps counting while the process is stopped
+    _sure_until: float = 0.0  # nothing renewed yet: not surely held
+
+    def asked(self) -> float:
+        """The moment a renewal is asked for (pass it to `renewed` once it succeeded)."""
+        return self.clock()
+
+    def renewed(self, asked_at: float) -> None:
+        self._sure_until = max(self._sure_until, asked_at + self.lease_s / 2)
+
+    def surely_held(self) -> bool:
+        return self.clock() < self._sure_until
