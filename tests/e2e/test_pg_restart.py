@@ -103,28 +103,34 @@ ANSWER_BOUND_S = 5.0  # each of them within this (a `bmo/local` answer takes mil
 SHORT_LEASE_S = 2.0
 
 
+@pytest.mark.parametrize("instances", [1, 2], ids=["one-instance", "two-instances"])
 def test_a_long_outage_keeps_answering_at_a_steady_rate_and_loses_nothing(
-    make_server: Callable[..., BmoServer], own_cluster: PgCluster
+    make_server: Callable[..., BmoServer], own_cluster: PgCluster, tmp_path: Path, instances: int
 ) -> None:
-    """PostgreSQL stays down until the clients have had many answers and the instance's own
+    """PostgreSQL stays down until the clients have had many answers and every instance's
     lease has long lapsed: answers keep coming, each promptly (no request waits on the
-    store), and when the server is back the outbox flushes, nothing is lost and every run
-    ends once, with its own outcome (no sweep closes a live instance's runs)."""
+    store), and when the server is back the outboxes flush, nothing is lost and every run
+    ends once, with its own outcome (no sweep takes the outage for an instance's death)."""
     with database_url(own_cluster) as url:
         config_text = f"[options.store]\nlease_s = {SHORT_LEASE_S}\n"
-        server = make_server(extra_env={"BMO_STORE_URL": url}, config_text=config_text)
+        servers = [
+            make_server(
+                data_dir=tmp_path / f"data-{i}", extra_env={"BMO_STORE_URL": url}, config_text=config_text
+            )
+            for i in range(instances)
+        ]
         answered: list[tuple[int, str, float, float]] = []  # status, request id, sent at, took
         stop = threading.Event()
 
         def load(i: int) -> None:
+            server = servers[i % len(servers)]
             with httpx.Client(timeout=60) as client:
                 while not stop.is_set() and len(answered) < MAX_REQUESTS:
                     sent = time.monotonic()
-                    response = chat(server, client, "list files" if i % 2 else "hello")
+                    response = chat(server, client, "list files" if i % 4 < 2 else "hello")
                     took = time.monotonic() - sent
-                    answered.append(
-                        (response.status_code, response.headers.get("x-request-id", ""), sent, took)
-                    )
+                    request_id = response.headers.get("x-request-id", "")
+                    answered.append((response.status_code, request_id, sent, took))
 
         threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(4)]
         for thread in threads:
@@ -173,9 +179,12 @@ def test_a_long_outage_keeps_answering_at_a_steady_rate_and_loses_nothing(
                 "WHERE topic = 'app.events.run:Finished'"
             ).fetchone()
         assert finished[0] == finished[1] == len(ids)  # one terminal event per run
-        recovered = [r for r in server.records() if r["msg"] == "openai_compat.persistence_recovered"]
-        assert recovered and recovered[0]["flushed_events"] > 0 and recovered[0]["overflowed_events"] == 0
-        wait_until(
-            lambda: not get(server, "/v1/openai-compat/posture")["ledger"]["degraded"], what="not degraded"
-        )
-        server.stop()
+        for server in servers:
+            recovered = [r for r in server.records() if r["msg"] == "openai_compat.persistence_recovered"]
+            assert recovered and recovered[0]["flushed_events"] > 0
+            assert recovered[0]["overflowed_events"] == 0
+            wait_until(
+                lambda server=server: not get(server, "/v1/openai-compat/posture")["ledger"]["degraded"],
+                what="not degraded",
+            )
+            server.stop()
