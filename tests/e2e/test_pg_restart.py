@@ -32,9 +32,18 @@ def own_cluster() -> Iterator[PgCluster]:
 MAX_REQUESTS = 2000  # about 12,000 events: well inside the outbox
 
 
-def chat(server: BmoServer, client: httpx.Client, text: str) -> httpx.Response:
-    body = {"model": "bmo/local", "messages": [{"role": "user", "content": text}]}
+def chat(server: BmoServer, client: httpx.Client, text: str, stream: bool = False) -> httpx.Response:
+    body = {"model": "bmo/local", "messages": [{"role": "user", "content": text}], "stream": stream}
     return client.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers)
+
+
+def whole(response: httpx.Response) -> int:
+    """The status, or 599 for a stream that did not end cleanly (an error event, no `[DONE]`)."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        text = response.text
+        if '"error"' in text or not text.endswith("data: [DONE]\n\n"):
+            return 599
+    return response.status_code
 
 
 @pytest.mark.parametrize("down_s", [0.0, 4.0], ids=["restart", "4s-outage"])
@@ -108,8 +117,8 @@ def test_a_long_outage_keeps_answering_at_a_steady_rate_and_loses_nothing(
     make_server: Callable[..., BmoServer], own_cluster: PgCluster, tmp_path: Path, instances: int
 ) -> None:
     """PostgreSQL stays down until the clients have had many answers and every instance's
-    lease has long lapsed: answers keep coming, each promptly (no request waits on the
-    store), and when the server is back the outboxes flush, nothing is lost and every run
+    lease has long lapsed: answers keep coming, streamed or not, each promptly (no request
+    waits on the store), and when the server is back the outboxes flush, nothing is lost and every run
     ends once, with its own outcome (no sweep takes the outage for an instance's death)."""
     with database_url(own_cluster) as url:
         config_text = f"[options.store]\nlease_s = {SHORT_LEASE_S}\n"
@@ -127,10 +136,10 @@ def test_a_long_outage_keeps_answering_at_a_steady_rate_and_loses_nothing(
             with httpx.Client(timeout=60) as client:
                 while not stop.is_set() and len(answered) < MAX_REQUESTS:
                     sent = time.monotonic()
-                    response = chat(server, client, "list files" if i % 4 < 2 else "hello")
+                    response = chat(server, client, "list files" if i % 4 < 2 else "hello", stream=i % 2 == 1)
                     took = time.monotonic() - sent
                     request_id = response.headers.get("x-request-id", "")
-                    answered.append((response.status_code, request_id, sent, took))
+                    answered.append((whole(response), request_id, sent, took))
 
         threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(4)]
         for thread in threads:
