@@ -12,14 +12,12 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
-from uuid import uuid4
 
 from app.bootstrap import build_runtime
 from app.config import Settings
 from app.projections import runs
 from app.projections.db import open_read_db, read_db_path
 from tests.integration.test_store_and_projector import fire_run_events
-
 
 SAVE_S = 0.02  # each group commit takes this long (a loaded disk)...
 SUBMIT_EVERY_S = 0.005  # ...and clients submit more meanwhile: the writer is never idle
