@@ -5,7 +5,8 @@ Loopback only; every wait is bounded and every process is stopped in `finally`.
 long answer from the slow upstream (its own process). Once the upstream itself
 counts 1,000 streams open at the same moment (so no pool, backlog or accept cap
 held any back), the RSS of every process of `bmo serve` (granian's main process,
-the worker, the projector) is summed over a few samples; the bound is 300 MB.
+the worker, its tool-process guard, the projector) is summed over a few samples;
+the bound is 300 MB.
 Then every stream must end complete.
 """
 
@@ -38,7 +39,14 @@ def _tree_rss(tree: h.ProcessTree) -> dict[str, float]:
     projector = tree.projector()
     out: dict[str, float] = {}
     for pid in tree.pids():
-        role = "main" if pid == tree.root else "projector" if pid == projector else f"worker-{pid}"
+        if pid == tree.root:
+            role = "main"
+        elif pid == projector:
+            role = "projector"
+        elif "process_guard" in tree.cmdline(pid):
+            role = "tool-guard"  # reaps tool process groups if the worker dies
+        else:
+            role = f"worker-{pid}"
         out[role] = round(h.rss_mb(pid), 1)
     return out
 
