@@ -124,6 +124,26 @@ class EventWriter:
             return False
         return True
 
+    async def saved_through(self, timeout: float | None = None) -> int:
+        """The store position that covers everything submitted before this call, once saved.
+
+        Unlike `flush`, later submissions are not waited for: under steady traffic the
+        writer is never idle, and a reader that only needs to see what happened before
+        it asked would otherwise wait behind every later write. A failing store is not
+        waited for either (its outbox is retried in the background; the degraded flag
+        says so). Returns at `timeout` with what was saved by then.
+        """
+        position = self.position
+        if self.state.degraded:
+            return position
+        waiting = [s.done for s in self._pending if not s.done.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        for done in waiting:
+            if done.done() and not done.cancelled() and done.exception() is None:
+                position = max(position, done.result())
+        return position
+
     async def close(self, timeout: float = 5.0) -> None:
         await self.flush(timeout)
         if self._task is not None:
