@@ -91,17 +91,23 @@ def report(before: dict, after: dict, window: float) -> dict:
         start = before.get(key)
         ticks = end.ticks - (start.ticks if start else 0)
         wakes = end.wakeups - (start.wakeups if start else 0)
-        proc = procs.setdefault(end.pid, {"cmd": _cmdline(end.pid), "cpu_pct": 0.0, "wakeups_s": 0.0, "threads": []})
+        proc = procs.setdefault(
+            end.pid, {"cmd": _cmdline(end.pid), "cpu_pct": 0.0, "wakeups_s": 0.0, "threads": []}
+        )
         proc["cpu_pct"] += 100 * ticks / CLK_TCK / window
         proc["wakeups_s"] += wakes / window
         if wakes or ticks:
-            proc["threads"].append({"name": end.name, "cpu_pct": 100 * ticks / CLK_TCK / window, "wakeups_s": wakes / window})
+            proc["threads"].append(
+                {"name": end.name, "cpu_pct": 100 * ticks / CLK_TCK / window, "wakeups_s": wakes / window}
+            )
     total = sum(p["cpu_pct"] for p in procs.values())
     return {"window_s": window, "total_cpu_pct": total, "processes": procs}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the warm-up requests")
     parser.add_argument("--no-otel", action="store_true")

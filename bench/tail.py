@@ -88,7 +88,9 @@ def _summary(samples: list[tuple[float, float]], floor_ms: float) -> dict[str, A
     }
 
 
-def _bmo_once(procs: Procs, work: Path, tree: Path, mock_port: int, otlp: int | None, count: int) -> dict[str, Any]:
+def _bmo_once(
+    procs: Procs, work: Path, tree: Path, mock_port: int, otlp: int | None, count: int
+) -> dict[str, Any]:
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(tree)
     try:
@@ -136,10 +138,14 @@ def _cheap_sink(procs: Procs) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--tree", action="append", type=Path, help="a checkout whose app/ to run (default: this one)")
+    parser.add_argument(
+        "--tree", action="append", type=Path, help="a checkout whose app/ to run (default: this one)"
+    )
     parser.add_argument("--no-otel", action="store_true")
     parser.add_argument(
         "--cheap-sink",
@@ -160,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
                 otlp = sink[0] if sink else None
             for rnd in range(args.rounds):
                 for i, tree in enumerate(trees):
-                    floor = percentile([ms for _, ms in timed_requests(mock_port, "x", "mock-model", 500)], 50)
+                    floor = percentile(
+                        [ms for _, ms in timed_requests(mock_port, "x", "mock-model", 500)], 50
+                    )
                     work = Path(tmp) / f"r{rnd}-{i}"
                     run = _bmo_once(procs, work, tree, mock_port, otlp, args.requests)
                     summary = _summary(run["samples"], floor)

@@ -128,7 +128,7 @@ def run(
     wake = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set(), wake.set()), daemon=True).start()
     bell = None
-    if not configured_store_url():  # bound before the first step: a commit after it always rings us
+    if _on_sqlite():  # bound before the first step: a commit after it always rings us
         data.mkdir(parents=True, exist_ok=True)
         bell = DoorbellListener(socket_path(data))
         threading.Thread(target=_answer_rings, args=(bell, wake), name="doorbell", daemon=True).start()
@@ -155,6 +155,13 @@ def run(
     if bell is not None:
         bell.close()
     return 0
+
+
+def _on_sqlite() -> bool:
+    try:
+        return not configured_store_url()
+    except StoreUrlError:  # opening the store reports it
+        return False
 
 
 def _answer_rings(bell: DoorbellListener, wake: Any) -> None:

@@ -8,6 +8,7 @@ shows up as wake-ups even when each one is cheap; a 10 ms poll is 100 a second.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,10 +63,8 @@ def _usage(pids: list[int]) -> tuple[float, int]:
 def _names(pids: list[int]) -> list[str]:
     out = []
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80])
-        except OSError:
-            pass
     return out
 
 
@@ -114,9 +113,7 @@ def test_projection_keeps_up_without_polling(make_server: Callable[..., BmoServe
     count = 8
     with FakeOpenAI(models=("fake-model", "other-model")) as upstream:
         upstream.script(*[Text(f"answer {i}") for i in range(count)])
-        server = make_server(
-            config_text=config(upstream), extra_env={"BMO_PROJECTOR_POLL_MS": str(600_000)}
-        )
+        server = make_server(config_text=config(upstream), extra_env={"BMO_PROJECTOR_POLL_MS": str(600_000)})
         first = post(server, "before")
         assert content_of(first) == "answer 0"
         # the projector process starts beside the workers (slowly on a loaded machine): once up, it
