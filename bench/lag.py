@@ -61,7 +61,8 @@ def _once(procs: Procs, work: Path, tree: Path, mock_port: int, args: argparse.N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=1)
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                     results[str(tree)].append(run)
                     lag = run["lag_ms"]
                     print(
-                        f"round {rnd} {tree}: {run['rps']} RPS, lag p50 {lag['p50']:.1f} p99 {lag['p99']:.1f} "
-                        f"max {lag['max']:.1f} ms (n={lag['n']}, timeouts {run['lag_timeouts']})",
+                        f"round {rnd} {tree}: {run['rps']} RPS, lag p50 {lag['p50']:.1f} "
+                        f"p99 {lag['p99']:.1f} max {lag['max']:.1f} ms (n={lag['n']}, timeouts {run['lag_timeouts']})",
                         flush=True,
                     )
         finally:

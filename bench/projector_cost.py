@@ -80,7 +80,8 @@ def project_timed(events_db: Path, read_db: Path, batch: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=500, help="notifications per step (the runner's)")
     parser.add_argument("--repeat", type=int, default=3)
