@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                     lag = run["lag_ms"]
                     print(
                         f"round {rnd} {tree}: {run['rps']} RPS, lag p50 {lag['p50']:.1f} "
-                        f"p99 {lag['p99']:.1f} max {lag['max']:.1f} ms (n={lag['n']}, timeouts {run['lag_timeouts']})",
+                        f"p99 {lag['p99']:.1f} max {lag['max']:.1f} ms "
+                        f"(n={lag['n']}, timeouts {run['lag_timeouts']})",
                         flush=True,
                     )
         finally:
