@@ -5,13 +5,17 @@ OTLP sink is available), sends a few requests so every lazy part is warm, then r
 `/proc` for each process of the tree (and each thread: its voluntary context switches
 count the times it slept and woke, i.e. timers) over a window with no traffic.
 
-    python -m bench.idle --window 60            # one line per process and thread
+    python -m bench.idle --window 60                  # this checkout
+    python -m bench.idle --window 60 --tree /tmp/old  # another checkout's app/
+
+CPU is read from each thread's `schedstat` (nanoseconds), not the 10 ms ticks of `stat`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import urllib.request
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.arms import start_bmo, start_mock, start_otlp_sink
-from bench.procs import CLK_TCK, Procs, process_tree
+from bench.procs import Procs, process_tree
 
 __all__ = ["ThreadSample", "main", "sample_tree"]
 
@@ -29,7 +33,7 @@ class ThreadSample:
     pid: int
     tid: int
     name: str
-    ticks: int
+    cpu_ns: int
     wakeups: int
 
 
@@ -40,12 +44,15 @@ def _thread(pid: int, tid: int) -> ThreadSample | None:
         status = (base / "status").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
     name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    try:
+        ns = int((base / "schedstat").read_text().split()[0])
+    except OSError:
+        return None
     switches = next(
         (int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt")), 0
     )
-    return ThreadSample(pid, tid, name, int(fields[11]) + int(fields[12]), switches)
+    return ThreadSample(pid, tid, name, ns, switches)
 
 
 def sample_tree(root: int) -> dict[tuple[int, int], ThreadSample]:
@@ -89,16 +96,16 @@ def report(before: dict, after: dict, window: float) -> dict:
     procs: dict[int, dict] = {}
     for key, end in after.items():
         start = before.get(key)
-        ticks = end.ticks - (start.ticks if start else 0)
+        ticks = (end.cpu_ns - (start.cpu_ns if start else 0)) / 1e9
         wakes = end.wakeups - (start.wakeups if start else 0)
         proc = procs.setdefault(
             end.pid, {"cmd": _cmdline(end.pid), "cpu_pct": 0.0, "wakeups_s": 0.0, "threads": []}
         )
-        proc["cpu_pct"] += 100 * ticks / CLK_TCK / window
+        proc["cpu_pct"] += 100 * ticks / window
         proc["wakeups_s"] += wakes / window
         if wakes or ticks:
             proc["threads"].append(
-                {"name": end.name, "cpu_pct": 100 * ticks / CLK_TCK / window, "wakeups_s": wakes / window}
+                {"name": end.name, "cpu_pct": 100 * ticks / window, "wakeups_s": wakes / window}
             )
     total = sum(p["cpu_pct"] for p in procs.values())
     return {"window_s": window, "total_cpu_pct": total, "processes": procs}
@@ -111,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the warm-up requests")
     parser.add_argument("--no-otel", action="store_true")
+    parser.add_argument("--tree", type=Path, default=None, help="a checkout whose app/ to run")
     args = parser.parse_args(argv)
+    if args.tree is not None:
+        os.environ["PYTHONPATH"] = str(args.tree.resolve())
     with tempfile.TemporaryDirectory(prefix="bmo-idle-") as tmp:
         work = Path(tmp)
         procs = Procs(work)
