@@ -39,7 +39,7 @@ __all__ = [
 EXPORT_TIMEOUT_S = 2.0  # per export request (the SDK default is 10 s, retried)
 SCHEDULE_DELAY_MS = 500  # batch thread wake-up: spans leave within about half a second
 MAX_QUEUE_SIZE = 2048
-MAX_EXPORT_BATCH = 512
+MAX_EXPORT_BATCH = 128  # spans per export: bounds the GIL-holding encode of one batch (~1.3 ms)
 COOL_DOWN_S = 5.0  # after a failed export: drop batches unsent (no encoding, no connect) this long
 WARN_EVERY_S = 60.0
 # the SDK loggers that log every failed or retried export (and queue drops)
