@@ -55,7 +55,8 @@ class Records:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._flush_every = flush_every_s
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # a record arrived in an empty buffer
+        self._hurry = threading.Event()  # the buffer is big, or we are closing: flush now
         self._flusher: threading.Thread | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,17 +68,22 @@ class Records:
         Two syscalls per record (file and stderr) cost the event loop more than
         the rest of the record path together; batching them keeps lines whole
         (each batch is one `write` of complete lines) and off the hot path.
+        Only the first record of a batch wakes the flusher: with no records it
+        sleeps without a timer.
         """
         record = {"time": _now(), "level": level, "msg": msg, **fields}
         line = _encode(record) + b"\n"
         with self._lock:
+            first = not self._buffer
             self._buffer.append(line)
             self._buffered += len(line)
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, name="records", daemon=True)
                 self._flusher.start()
-        if self._buffered >= 64 * 1024:
+        if first:
             self._wake.set()
+        if self._buffered >= 64 * 1024:
+            self._hurry.set()
 
     def flush(self) -> None:
         with self._lock:
@@ -94,9 +100,12 @@ class Records:
                 pass  # a closed stderr must never fail a request
 
     def _flush_loop(self) -> None:
+        """Sleep until a batch starts, let it gather for `flush_every_s` (or until big), write it."""
         while not self._closing:
-            self._wake.wait(self._flush_every)
+            self._wake.wait()
             self._wake.clear()
+            self._hurry.wait(self._flush_every)
+            self._hurry.clear()
             with contextlib.suppress(OSError):  # a full disk must not kill the flusher
                 self.flush()
 
@@ -121,6 +130,7 @@ class Records:
         self._closing = True
         self.flush()
         if self._flusher is not None:
+            self._hurry.set()
             self._wake.set()
             self._flusher.join(timeout=1.0)
         if self._fd is not None:

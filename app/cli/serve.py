@@ -38,6 +38,7 @@ from app.net import is_loopback_host, parse_addr, port_in_use, resolve_host
 
 __all__ = ["BindDecision", "decide_bind", "serve"]
 
+ENV_PROJECTOR_POLL = "BMO_PROJECTOR_POLL_MS"  # the projector's fallback poll (default 1,000 ms)
 KILL_GRACE_S = 15  # past the drain deadline: time to end runs and flush events, records and spans
 
 LOOPBACK_WARNING = (
@@ -266,8 +267,11 @@ def _start_projector(settings: Settings) -> subprocess.Popen[bytes]:
     """The one projector, in a process of its own: no GIL shared with request handling."""
     os.environ[ENV_PROJECTOR] = "external"
     capacity = str(settings.options.openai_compat.ledger_capacity)
+    argv = [sys.executable, "-m", "app", "projections", "run", "--ledger-capacity", capacity]
+    if os.environ.get(ENV_PROJECTOR_POLL):
+        argv += ["--poll-ms", os.environ[ENV_PROJECTOR_POLL]]
     return subprocess.Popen(
-        [sys.executable, "-m", "app", "projections", "run", "--ledger-capacity", capacity],
+        argv,
         stdin=subprocess.PIPE,  # closing it (or our death) tells the projector to finish
         start_new_session=True,  # a terminal's Ctrl-C must not stop it before the workers' last events
     )

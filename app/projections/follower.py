@@ -2,7 +2,9 @@
 
 `bmo serve` runs the one projector in a process of its own (no GIL shared
 with request handling; exactly one projector however many workers). A worker
-then only needs the projector's position, read from the tracking table.
+then only needs the projector's position, read from the tracking table,
+and rings the projector's doorbell after each of its writer's commits (the
+projector sleeps until rung; see `app.projections.doorbell`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from app.projections.doorbell import Doorbell, socket_path
 from app.projections.runner import NAME
 
 __all__ = ["ProjectionFollower"]
@@ -23,6 +26,7 @@ class ProjectionFollower:
         self._db_path = db_path
         self._poll = poll_s
         self._conn: sqlite3.Connection | None = None
+        self._bell = Doorbell(socket_path(db_path.parent))
         self.last_error: str | None = None
 
     @property
@@ -42,7 +46,8 @@ class ProjectionFollower:
         pass  # nothing to run here: the projector process does the work
 
     def notify(self, _position: int = 0) -> None:
-        pass  # the projector process polls the store
+        """The writer committed (its `on_commit`): wake the projector process."""
+        self._bell.ring()
 
     async def wait_for(self, position: int, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -54,6 +59,7 @@ class ProjectionFollower:
         return True
 
     async def stop(self) -> None:
+        self._bell.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -1,0 +1,124 @@
+"""What the projector costs per event: a store written by real requests, projected from scratch.
+
+Starts the mock and `bmo serve` as the bench does, sends `--requests` chat completions
+(one connection), stops bmo, then projects a copy of its `events.db` into a fresh
+read-model database in this process, several times, and reports CPU per event and per
+request, split into reading (select + decode), projecting (pure functions) and
+applying (SQL) - the work `bmo projections run` does for each commit it is rung for.
+
+    python -m bench.projector_cost --requests 2000 --batch 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.arms import start_bmo, start_mock
+from bench.procs import Procs
+from bench.tail import timed_requests
+
+__all__ = ["main", "project_timed"]
+
+
+def project_timed(events_db: Path, read_db: Path, batch: int) -> dict[str, Any]:
+    """Project every event of `events_db` into a fresh `read_db`; thread CPU per phase."""
+    from app.events.store import EventStore
+    from app.projections import runner as runner_module
+    from app.projections.rows import apply_ops
+    from app.projections.runner import ProjectionRunner, project_all
+
+    store = EventStore(events_db)
+    runner = ProjectionRunner(store, read_db, ledger_capacity=10_000, batch_size=batch)
+    phases = {"read": 0.0, "project": 0.0, "apply": 0.0}
+    notifications, to_event = store.notifications, store.to_event
+
+    def timed_notifications(after: int, limit: int) -> Any:
+        started = time.thread_time()
+        notes = notifications(after, limit)
+        phases["read"] += time.thread_time() - started
+        return notes
+
+    def timed_to_event(note: Any) -> Any:
+        started = time.thread_time()
+        event = to_event(note)
+        phases["read"] += time.thread_time() - started
+        return event
+
+    def timed_project(event: Any, position: int) -> Any:
+        started = time.thread_time()
+        ops = project_all(event, position)
+        phases["project"] += time.thread_time() - started
+        return ops
+
+    def timed_apply(conn: Any, ops: Any) -> None:
+        started = time.thread_time()
+        apply_ops(conn, ops)
+        phases["apply"] += time.thread_time() - started
+
+    store.notifications, store.to_event = timed_notifications, timed_to_event  # type: ignore[method-assign]
+    originals = runner_module.project_all, runner_module.apply_ops
+    runner_module.project_all, runner_module.apply_ops = timed_project, timed_apply  # type: ignore[assignment]
+    try:
+        started = time.thread_time()
+        steps = 0
+        while runner.step():
+            steps += 1
+        total = time.thread_time() - started
+    finally:
+        runner_module.project_all, runner_module.apply_ops = originals
+    events = runner.position
+    runner.close()
+    store.close()
+    phases["commit_and_rest"] = total - sum(phases.values())
+    return {"events": events, "steps": steps, "cpu_s": total, "phases_s": phases}
+
+
+def main(argv: list[str] | None = None) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=500, help="notifications per step (the runner's)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bmo-projcost-") as tmp:
+        work = Path(tmp)
+        procs = Procs(work)
+        try:
+            mock_port, _ = start_mock(procs, "mock")
+            arm = start_bmo(procs, mock_port, work, None)
+            timed_requests(arm.port, arm.token, arm.model, args.requests)
+            procs.stop(procs.children[-1])
+        finally:
+            procs.stop_all()
+        assert arm.data_dir is not None
+        runs = []
+        for i in range(args.repeat):
+            copy = work / f"copy-{i}"
+            copy.mkdir()
+            for name in ("events.db", "events.db-wal", "events.db-shm"):
+                if (arm.data_dir / name).exists():
+                    shutil.copy(arm.data_dir / name, copy / name)
+            runs.append(project_timed(copy / "events.db", copy / "read_models.db", args.batch))
+    best = min(runs, key=lambda r: r["cpu_s"])
+    per_event_us = best["cpu_s"] * 1e6 / best["events"]
+    result = {
+        "requests": args.requests,
+        "events": best["events"],
+        "events_per_request": best["events"] / args.requests,
+        "steps": best["steps"],
+        "cpu_us_per_event": per_event_us,
+        "cpu_us_per_request": best["cpu_s"] * 1e6 / args.requests,
+        "phases_us_per_event": {k: v * 1e6 / best["events"] for k, v in best["phases_s"].items()},
+        "all_runs_cpu_s": [r["cpu_s"] for r in runs],
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The projector's doorbell: rings wake the listener, whatever the path length; a ring never fails."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from app.projections.doorbell import Doorbell, DoorbellListener, socket_path
+
+
+def _deep(tmp_path: Path) -> Path:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # beyond sun_path's 107 bytes
+    deep.mkdir(parents=True)
+    return deep
+
+
+def test_rings_wake_the_listener_and_coalesce(tmp_path: Path) -> None:
+    for directory in (tmp_path, _deep(tmp_path)):
+        listener = DoorbellListener(socket_path(directory))
+        bell = Doorbell(socket_path(directory))
+        try:
+            assert listener.bound
+            assert listener.wait(0) is False  # nothing rang yet
+            for _ in range(50):
+                bell.ring()
+            assert listener.wait(5.0) is True
+            assert listener.wait(0) is False  # the fifty rings were drained as one wake-up
+        finally:
+            bell.close()
+            listener.close()
+        assert not socket_path(directory).exists()  # unlinked on close
+
+
+def test_a_ring_with_nobody_listening_is_silent(tmp_path: Path) -> None:
+    bell = Doorbell(socket_path(tmp_path))
+    bell.ring()  # no socket file
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(socket_path(tmp_path)))
+    stale.close()  # a socket file nobody reads: a projector that died
+    bell.ring()
+    listener = DoorbellListener(socket_path(tmp_path))  # replaces the stale one
+    try:
+        assert listener.bound
+        bell.ring()
+        assert listener.wait(5.0) is True
+    finally:
+        bell.close()
+        listener.close()
+
+
+def test_a_live_projector_keeps_its_socket(tmp_path: Path) -> None:
+    first = DoorbellListener(socket_path(tmp_path))
+    second = DoorbellListener(socket_path(tmp_path))
+    bell = Doorbell(socket_path(tmp_path))
+    try:
+        assert first.bound and not second.bound
+        second.close()  # must not unlink the first one's socket
+        bell.ring()
+        assert first.wait(5.0) is True
+    finally:
+        bell.close()
+        first.close()
