@@ -119,15 +119,12 @@ def test_projection_keeps_up_without_polling(make_server: Callable[..., BmoServe
         # the projector process starts beside the workers (slowly on a loaded machine): once up, it
         # binds its doorbell and catches up on what was written before
         _wait_until(lambda: first.headers["x-request-id"] in _finished(server), "the projector started")
-        lags = []
         with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=30) as http:
             for i in range(1, count):
                 response = post(server, f"question {i}")
                 assert content_of(response) == f"answer {i}"
-                answered = time.monotonic()
-                # the ledger waits (at most 2 s) for the projector to pass this worker's writes
+                # the ledger waits (at most 2 s) for the projector to pass this worker's writes: a missed
+                # wake-up leaves the run out (the next poll is ten minutes away)
                 rows = http.get("/v1/openai-compat/runs", params={"limit": 100}).json()["data"]
-                lags.append(time.monotonic() - answered)
                 mine = [r for r in rows if r["request_id"] == response.headers["x-request-id"]]
                 assert mine and mine[0]["outcome"] == "final_answer", (i, rows)
-        assert max(lags) < 1.5, lags  # far below the 2 s a missed wake-up would cost
