@@ -36,10 +36,9 @@ from app.commands.follow_history import FollowClientHistory
 from app.commands.note_run import NoteDivergence
 from app.commands.queue_run import QueueRun
 from app.commands.release_run import ReleaseRun
-from app.errors import BmoError, Interrupted
+from app.errors import BmoError, Interrupted, PersistFailed
 from app.events.run import FIRED_FIELDS, Fired, Queued, fired_fields
 from app.events.session import RunActivated, RunQueued, SessionState, session_uuid
-from app.events.writer import PersistFailed
 from app.providers.catalog import ModelCatalog
 from app.telemetry import Records
 
