@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.outcomes import Outcome
+
 __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
@@ -183,7 +185,7 @@ class RunRow(msgspec.Struct):
     started_at: str
     ended_at: str | None
     elapsed_ms: float | None
-    outcome: str | None
+    outcome: Outcome | None
     status_code: int | None
     error: str | None
     prompt_tokens: int
