@@ -128,11 +128,7 @@ class SessionService:
             durable=True,
         )
         if any(isinstance(e, RunActivated) and e.run_id == lifecycle.request_id for e in events):
-            try:
-                state = await self.state(session_id)
-            except BaseException:  # admitted but unable to go on: free the session
-                await self.release(session_id, lifecycle.request_id, "error_500", [])
-                raise
+            state: SessionState = events.state  # as the admission left it: no second read
             return Admission(True, lifecycle.request_id, transcript=state.transcript)
         queued = next(e for e in events if isinstance(e, RunQueued))
         self._records.fired(request_id=queued_id, queued_by=lifecycle.request_id, **fired)
