@@ -265,6 +265,7 @@ class RunState(msgspec.Struct, frozen=True):
     finished: bool = False
     outcome: str = ""
     session_id: str = ""
+    route: str = ""
     model: str = ""
     fired_at: datetime | None = None
     steps: int = 0
@@ -290,6 +291,7 @@ def evolve(state: RunState, event: DomainEvent) -> RunState:
                 state,
                 fired=True,
                 session_id=event.session_id,
+                route=event.route,
                 model=event.model,
                 fired_at=event.timestamp,
                 requester=event.requester,

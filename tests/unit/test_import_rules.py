@@ -18,12 +18,7 @@ APP = Path(__file__).resolve().parents[2] / "app"
 STORES = ("app.events.store", "app.events.select")
 STORE_ALLOWED = ("app/events/", "app/commands/", "app/projections/", "app/bootstrap.py", "app/cli/")
 # Known exceptions, each with its reason; the test fails when one is no longer needed.
-STORE_EXCEPTIONS = {
-    "app/recovery.py": (
-        "the startup sweep folds runs and sessions straight from the store before the executor "
-        "exists; it moves behind the executor's reader with the PostgreSQL store work"
-    ),
-}
+STORE_EXCEPTIONS: dict[str, str] = {}
 
 # The chat route parses and renders; the chat service (app.agent.chat) decides.
 CHAT_ROUTE = "app/http/chat.py"
