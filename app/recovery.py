@@ -22,7 +22,7 @@ from app.commands.drop_queued_run import DropQueuedRun
 from app.commands.execute import Executor
 from app.commands.finish_run import FinishRun
 from app.commands.release_run import ReleaseRun
-from app.events.run import RunState
+from app.events.run import Fired, RunState
 from app.events.writer import EventWriter
 from app.projections import runs
 from app.projections.select import projection_runner
@@ -90,13 +90,18 @@ async def close_run(executor: Executor, records: Records, request_id: str) -> tu
             terminal=True,
             request_id=request_id,
             session_id=state.session_id,
-            route=state.route,
+            route=await _route(executor, run_id),
             status_code=500,
             elapsed_ms=0.0,
             error=REASON,
             reason=REASON,
         )
     return bool(ended), state
+
+
+async def _route(executor: Executor, run_id: UUID) -> str:
+    """The route the run was fired on (its `Fired` event; the run state does not keep it)."""
+    return next((e.route for e in await executor.events(run_id) if isinstance(e, Fired)), "")
 
 
 async def _free_session(executor: Executor, stream_id: UUID) -> None:

@@ -56,7 +56,7 @@ from app.events.writer import EventWriter
 __all__ = ["Command", "Executed", "Executor"]
 
 log = logging.getLogger(__name__)
-Command = RunCommand | SessionCommand
+Command = RunCommand | fire_run.FireRun | SessionCommand  # FireRun: a dataclass (app/commands/fire_run.py)
 Decider = Callable[[Any, Any], tuple[DomainEvent, ...]]
 S = TypeVar("S")  # a stream's folded state
 
@@ -130,7 +130,7 @@ KNOWN_LIMIT = 256  # last known session states kept (each holds a transcript); b
 
 
 def stream_of(cmd: Command) -> UUID:
-    return cmd.run_id if isinstance(cmd, RunCommand) else cmd.stream_id
+    return cmd.stream_id if isinstance(cmd, SessionCommand) else cmd.run_id
 
 
 class Executor:
