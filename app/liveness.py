@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from app.agent.sessions import SessionService
 from app.commands.execute import Executor
 from app.events.postgres_store import PostgresEventStore
-from app.recovery import REASON, close_run
+from app.recovery import REASON, close_run, drop_queued
 from app.telemetry import Records
 
 __all__ = ["REASON", "Liveness"]
@@ -81,4 +81,4 @@ class Liveness:
         if session.active_run == request_id:
             await self.sessions.release(session_id, request_id, "error_500", [])  # starts the next one here
         elif request_id in session.queue:
-            await self.sessions.drop(session_id, request_id, REASON)
+            await drop_queued(self.executor, session.stream_id, request_id)

@@ -23,12 +23,13 @@ from app.commands.execute import Executor
 from app.commands.finish_run import FinishRun
 from app.commands.release_run import ReleaseRun
 from app.events.run import Fired, RunState
+from app.events.session import SessionState
 from app.events.writer import EventWriter
 from app.projections import runs
 from app.projections.select import projection_runner
 from app.telemetry import Records
 
-__all__ = ["REASON", "close_run", "sweep_interrupted"]
+__all__ = ["REASON", "close_run", "drop_queued", "sweep_interrupted"]
 
 REASON = "interrupted"
 
@@ -113,14 +114,20 @@ async def _free_session(executor: Executor, stream_id: UUID) -> None:
     """
     state = await executor.session_state(stream_id)
     for run_id in [r for r in state.queue if await _ended(executor, r)]:
-        drop = DropQueuedRun(stream_id=stream_id, at=datetime.now(UTC), run_id=run_id, reason=REASON)
-        state = (await executor.execute(drop, durable=True)).state
+        state = await drop_queued(executor, stream_id, run_id)
     if state.active_run and await _ended(executor, state.active_run):
         outcome = (await executor.current(UUID(hex=state.active_run))).outcome
         release = ReleaseRun(
             stream_id=stream_id, at=datetime.now(UTC), run_id=state.active_run, outcome=outcome, turn=[]
         )
         await executor.execute(release, durable=True)  # may activate the next queued run
+
+
+async def drop_queued(executor: Executor, stream_id: UUID, run_id: str) -> SessionState:
+    """Take an ended run out of its session's queue; returns the session's state after."""
+    drop = DropQueuedRun(stream_id=stream_id, at=datetime.now(UTC), run_id=run_id, reason=REASON)
+    state: SessionState = (await executor.execute(drop, durable=True)).state
+    return state
 
 
 async def _ended(executor: Executor, run_id: str) -> bool:
