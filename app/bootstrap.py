@@ -32,7 +32,8 @@ from app.config import Provider, Settings
 from app.events.faults import ENV_FAULTS
 from app.events.location import ENV_INSTANCE, store_url
 from app.events.run import Fired
-from app.events.store import EventStore, open_event_store
+from app.events.select import open_event_store
+from app.events.store import EventStore
 from app.events.system import persistence_recovered
 from app.events.writer import EventWriter, PersistenceState
 from app.http.app import create_litestar

@@ -22,6 +22,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "PersistFailed",
     "ProviderError",
     "ProviderTimeout",
     "RateLimited",
@@ -161,6 +162,20 @@ class ServiceUnavailable(BmoError):
     status = 503
     type = "server_error"
     default_code = "unavailable"
+
+
+class PersistFailed(ServiceUnavailable):
+    """A durable append could not be saved: the store is failing right now (disk full, locked).
+
+    Raised by the event writer to the caller that waits on the save; nothing was
+    recorded, so the client may simply retry.
+    """
+
+    default_code = "store_unavailable"
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(f"The event store cannot record this request right now ({reason}); retry shortly.")
+        self.reason = reason
 
 
 class Interrupted(ServiceUnavailable):

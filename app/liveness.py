@@ -20,20 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from uuid import UUID
 
 from app.agent.sessions import SessionService
 from app.commands.execute import Executor
-from app.commands.finish_run import FinishRun
 from app.events.lease import OwnLease
 from app.events.postgres_store import PostgresEventStore
-from app.events.run import Fired
+from app.recovery import REASON, close_run, drop_queued
 from app.telemetry import Records
 
 __all__ = ["REASON", "Liveness"]
 
-REASON = "interrupted"
 log = logging.getLogger(__name__)
 
 
@@ -92,42 +88,14 @@ class Liveness:
         return closed
 
     async def _close(self, request_id: str) -> bool:
-        run_id = UUID(hex=request_id)
-        state = await self.executor.state_of(run_id)
-        ended = await self.executor.execute(
-            FinishRun(
-                run_id=run_id,
-                at=datetime.now(UTC),
-                outcome="error_500",
-                status_code=500,
-                elapsed_ms=0.0,
-                error=REASON,
-            ),
-            durable=True,
-        )
-        if ended:
-            self.records.action(
-                outcome="error_500",
-                terminal=True,
-                request_id=request_id,
-                session_id=state.session_id,
-                route=await self._route(run_id),
-                status_code=500,
-                elapsed_ms=0.0,
-                error=REASON,
-                reason=REASON,
-            )
+        ended, state = await close_run(self.executor, self.records, request_id)
         if state.session_id:
             await self._free(state.session_id, request_id)
-        return bool(ended)
+        return ended
 
     async def _free(self, session_id: str, request_id: str) -> None:
         session = await self.sessions.state(session_id)
         if session.active_run == request_id:
             await self.sessions.release(session_id, request_id, "error_500", [])  # starts the next one here
         elif request_id in session.queue:
-            await self.sessions.drop(session_id, request_id, REASON)
-
-    async def _route(self, run_id: UUID) -> str:
-        events = await asyncio.to_thread(self.store.stream, run_id)
-        return next((e.route for e in events if isinstance(e, Fired)), "")
+            await drop_queued(self.executor, session.stream_id, request_id)

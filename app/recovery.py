@@ -1,109 +1,134 @@
-"""Startup recovery: runs a crashed process left open end as `error_500`.
+"""Closing runs nobody will finish: at startup, and (on a shared store) for instances gone.
 
-Run once by `bmo serve` before any worker starts, so no live run can be
-mistaken for an interrupted one. Uses the ordinary decide path (FinishRun),
-so a run that did finish is never touched twice.
+`sweep_interrupted` runs once in `bmo serve` before any worker starts, so no live
+run can be mistaken for an interrupted one: it finds the open runs and their
+sessions through the read models' own queries (the ledger never prunes an open run,
+the timeline never a session's events) and
+ends them through the executor, like every other write. `close_run` is the one
+way to end an abandoned run; `app/liveness.py` uses it for the runs of expired
+instances. The ordinary decide path (FinishRun) makes it idempotent: a run that
+did finish is never touched twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
-from app.commands import drop_queued_run, finish_run, release_run
 from app.commands.drop_queued_run import DropQueuedRun
+from app.commands.execute import Executor
 from app.commands.finish_run import FinishRun
 from app.commands.release_run import ReleaseRun
-from app.events.run import fold
-from app.events.session import fold as session_fold
-from app.events.store import EventStore
-from app.projections.runner import ProjectionRunner
+from app.events.run import Fired, RunState
+from app.events.session import SessionState
+from app.events.writer import EventWriter
+from app.projections import runs
 from app.projections.select import projection_runner
 from app.telemetry import Records
 
-__all__ = ["sweep_interrupted"]
+__all__ = ["REASON", "close_run", "drop_queued", "sweep_interrupted"]
 
 REASON = "interrupted"
-SESSION_OPENED_TOPIC = "app.events.session:SessionOpened"
 
 
-def sweep_interrupted(store: EventStore, read_db: Path, records: Records, capacity: int) -> list[str]:
-    """Finish every open run; returns their request ids."""
+def sweep_interrupted(store: Any, read_db: Path, records: Records, capacity: int) -> list[str]:
+    """Finish every open run and free the sessions they held; returns their request ids.
+
+    `store` is the event store, handed to the projector and the executor only.
+    """
     runner = projection_runner(store, read_db, ledger_capacity=capacity)
-    runner.catch_up()
-    open_ids = [
-        row[0]
-        for row in runner.read_conn.execute(
-            "SELECT request_id FROM openai_compat_runs WHERE ended_seq IS NULL ORDER BY seq"
-        )
-    ]
-    finished = []
-    for request_id in open_ids:
-        run_id = UUID(hex=request_id)
-        state = fold(run_id, store.stream(run_id))
-        events = finish_run.decide(
-            state,
-            FinishRun(
-                run_id=run_id,
-                at=datetime.now(UTC),
-                outcome="error_500",
-                status_code=500,
-                elapsed_ms=0.0,
-                error=REASON,
-            ),
-        )
-        if not events:
-            continue
-        store.save(events)
+    try:
+        runner.catch_up()
+        return asyncio.run(_sweep(store, runner.read_conn, records))
+    finally:
+        runner.catch_up()
+        runner.close()
+
+
+async def _sweep(store: Any, conn: Any, records: Records) -> list[str]:
+    writer = EventWriter(store)
+    writer.start()
+    executor = Executor(store, writer)
+    try:
+        finished = [
+            request_id
+            for request_id in runs.open_request_ids(conn)
+            if (await close_run(executor, records, request_id))[0]
+        ]
+        for stream_id in runs.session_streams(conn):
+            await _free_session(executor, stream_id)
+        return finished
+    finally:
+        await writer.close()
+
+
+async def close_run(executor: Executor, records: Records, request_id: str) -> tuple[bool, RunState]:
+    """End an abandoned run as `error_500` / `interrupted`; (whether this call ended it, its state).
+
+    The state is reloaded first: another writer (its own instance, a sweeper) may have
+    appended since this process last saw it.
+    """
+    run_id = UUID(hex=request_id)
+    executor.forget(run_id)
+    ended = await executor.execute(
+        FinishRun(
+            run_id=run_id,
+            at=datetime.now(UTC),
+            outcome="error_500",
+            status_code=500,
+            elapsed_ms=0.0,
+            error=REASON,
+        ),
+        durable=True,
+    )
+    state: RunState = ended.state
+    if ended:
         records.action(
             outcome="error_500",
             terminal=True,
             request_id=request_id,
             session_id=state.session_id,
-            route=_route(runner, request_id),
+            route=await _route(executor, run_id),
             status_code=500,
             elapsed_ms=0.0,
             error=REASON,
             reason=REASON,
         )
-        finished.append(request_id)
-    _free_sessions(store)
-    runner.catch_up()
-    runner.close()
-    return finished
+    return bool(ended), state
 
 
-def _free_sessions(store: EventStore) -> None:
-    """Release every session whose active run has ended; drop ended runs from queues.
+async def _route(executor: Executor, run_id: UUID) -> str:
+    """The route the run was fired on (its `Fired` event; the run state does not keep it)."""
+    return next((e.route for e in await executor.events(run_id) if isinstance(e, Fired)), "")
+
+
+async def _free_session(executor: Executor, stream_id: UUID) -> None:
+    """Drop ended runs from the session's queue and release it from an ended active run.
 
     Covers runs swept just now and runs that ended while their session's release
     was lost (a crash between the two appends), so no session stays busy forever.
+    The run a release activates is started by whoever serves the session next.
     """
-    for stream_id in store.streams_with(SESSION_OPENED_TOPIC):
-        state = session_fold(stream_id, store.stream(stream_id))
-        at = datetime.now(UTC)
-        for run_id in [r for r in state.queue if _ended(store, r)]:
-            store.save(
-                drop_queued_run.decide(
-                    state, DropQueuedRun(stream_id=stream_id, at=at, run_id=run_id, reason=REASON)
-                )
-            )
-            state = session_fold(stream_id, store.stream(stream_id))
-        if state.active_run and _ended(store, state.active_run):
-            outcome = fold(UUID(hex=state.active_run), store.stream(UUID(hex=state.active_run))).outcome
-            release = ReleaseRun(
-                stream_id=stream_id, at=at, run_id=state.active_run, outcome=outcome, turn=[]
-            )
-            store.save(release_run.decide(state, release))  # may activate the next queued run
+    state = await executor.session_state(stream_id)
+    for run_id in [r for r in state.queue if await _ended(executor, r)]:
+        state = await drop_queued(executor, stream_id, run_id)
+    if state.active_run and await _ended(executor, state.active_run):
+        outcome = (await executor.current(UUID(hex=state.active_run))).outcome
+        release = ReleaseRun(
+            stream_id=stream_id, at=datetime.now(UTC), run_id=state.active_run, outcome=outcome, turn=[]
+        )
+        await executor.execute(release, durable=True)  # may activate the next queued run
 
 
-def _ended(store: EventStore, run_id: str) -> bool:
-    return fold(UUID(hex=run_id), store.stream(UUID(hex=run_id))).finished
+async def drop_queued(executor: Executor, stream_id: UUID, run_id: str) -> SessionState:
+    """Take an ended run out of its session's queue; returns the session's state after."""
+    drop = DropQueuedRun(stream_id=stream_id, at=datetime.now(UTC), run_id=run_id, reason=REASON)
+    state: SessionState = (await executor.execute(drop, durable=True)).state
+    return state
 
 
-def _route(runner: ProjectionRunner, request_id: str) -> str:
-    row = runner.read_conn.execute(
-        "SELECT route FROM openai_compat_runs WHERE request_id = ?", (request_id,)
-    ).fetchone()
-    return row[0] if row else ""
+async def _ended(executor: Executor, run_id: str) -> bool:
+    return (await executor.current(UUID(hex=run_id))).finished

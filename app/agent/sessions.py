@@ -36,10 +36,9 @@ from app.commands.follow_history import FollowClientHistory
 from app.commands.note_run import NoteDivergence
 from app.commands.queue_run import QueueRun
 from app.commands.release_run import ReleaseRun
-from app.errors import BmoError, Interrupted
+from app.errors import BmoError, Interrupted, PersistFailed
 from app.events.run import FIRED_FIELDS, Fired, Queued, fired_fields
 from app.events.session import RunActivated, RunQueued, SessionState, session_uuid
-from app.events.writer import PersistFailed
 from app.providers.catalog import ModelCatalog
 from app.telemetry import Records
 
@@ -129,11 +128,7 @@ class SessionService:
             durable=True,
         )
         if any(isinstance(e, RunActivated) and e.run_id == lifecycle.request_id for e in events):
-            try:
-                state = await self.state(session_id)
-            except BaseException:  # admitted but unable to go on: free the session
-                await self.release(session_id, lifecycle.request_id, "error_500", [])
-                raise
+            state: SessionState = events.state  # as the admission left it: no second read
             return Admission(True, lifecycle.request_id, transcript=state.transcript)
         queued = next(e for e in events if isinstance(e, RunQueued))
         self._records.fired(request_id=queued_id, queued_by=lifecycle.request_id, **fired)

@@ -34,7 +34,7 @@ from app.agent.tools.base import Tool, ToolContext
 from app.agent.tools.registry import ToolRegistry
 from app.commands import StartRun
 from app.commands.execute import Executor
-from app.events.writer import PersistFailed
+from app.errors import PersistFailed
 from app.providers.base import ChatMessage, ToolCall, ToolSchema
 from app.providers.catalog import ResolvedModel
 from app.tracing import Tracing

@@ -11,7 +11,8 @@ from cyclopts import Parameter
 
 from app.config import ConfigError, data_dir, load_settings
 from app.events.location import StoreUrlError, store_url
-from app.events.store import EventStore, open_event_store
+from app.events.select import open_event_store
+from app.events.store import EventStore
 from app.projections.db import read_db_path
 from app.projections.doorbell import DoorbellListener, socket_path
 from app.projections.select import projection_runner, reset_read_models_of

@@ -228,7 +228,7 @@ def _store_label(url: str) -> str:
 def _recover(settings: Settings, data: Path, url: str = "") -> None:
     """Before workers start: kill the tool processes and close the runs a crashed process left."""
     from app.agent.tools.process_guard import reap_orphans, tool_groups_dir
-    from app.events.store import open_event_store
+    from app.events.select import open_event_store
     from app.projections.db import read_db_path
     from app.recovery import sweep_interrupted
     from app.telemetry import Records, log_path

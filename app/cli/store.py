@@ -66,7 +66,7 @@ def _fail(message: str) -> int:
 
 def _copy(data: Path, url: str, *, replace: bool, capacity: int) -> int:
     from app.events.postgres_store import PostgresEventStore, redact_url
-    from app.events.store import open_event_store
+    from app.events.select import open_event_store
     from app.projections.pg_runner import PgProjectionRunner
 
     if replace:

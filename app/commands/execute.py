@@ -1,7 +1,13 @@
 """The one write path: load -> decide -> save.
 
 Runs in progress keep their folded state in memory, so the hot path never
-reads SQLite; a stream that is not live is loaded and folded first. A run
+reads SQLite; a stream that is not live is loaded and folded first. A session
+is shared by every process, so its state here is only the last one this
+process knew (read, or left by its own save): a decision on it is checked by
+the save itself (a newer stored version refuses it, then the stream is
+reloaded), and a decision that saves nothing is confirmed on the stored state.
+`execute` returns the events with the state they leave (`Executed`), so a
+caller never folds the stream again to see what it just did. A run
 stream normally has one writer (the request that owns it), but an operator's
 permission answer appends to it too. So a stale-version conflict
 (`IntegrityError`) is handled for every command: a durable command reloads
@@ -48,30 +54,53 @@ from app.events.lease import OwnLease
 from app.events.store import EventStore
 from app.events.writer import EventWriter
 
-__all__ = ["Command", "Executor"]
+__all__ = ["Command", "Executed", "Executor"]
 
 log = logging.getLogger(__name__)
-Command = RunCommand | SessionCommand
+Command = RunCommand | fire_run.FireRun | SessionCommand  # FireRun: a dataclass (app/commands/fire_run.py)
 Decider = Callable[[Any, Any], tuple[DomainEvent, ...]]
 S = TypeVar("S")  # a stream's folded state
 
 
 @dataclass(frozen=True, slots=True)
 class _Kind(Generic[S]):
-    """How to fold a kind of stream, and whether its state may be cached in memory."""
+    """How to fold a kind of stream, and how this process may keep its state.
+
+    `cache`: the state in memory is the truth (a run: one writer). Otherwise it is
+    only the last known state, trusted until a save says otherwise. `keep`: whether
+    a state is worth keeping (an open run; a session with a run in it).
+    """
 
     initial: Callable[[UUID], S]
     evolve: Callable[[S, DomainEvent], S]
     cache: bool
+    keep: Callable[[S], bool]
+
+
+class Executed(tuple[DomainEvent, ...]):
+    """What a command decided, and `state`: its stream's state after those events.
+
+    A tuple of the events, so a caller that wants only them uses it as one.
+    """
+
+    state: Any
+
+    def __new__(cls, events: tuple[DomainEvent, ...], state: Any) -> Executed:
+        executed = super().__new__(cls, events)
+        executed.state = state
+        return executed
 
 
 # Runs have one writer (their request) and are cached; sessions are shared by
-# every process, so they are always loaded fresh (optimistic concurrency).
+# every process: their last known state is checked by optimistic concurrency.
 _RUN: _Kind[run_stream.RunState] = _Kind(
-    lambda i: run_stream.RunState(run_id=i), run_stream.evolve, cache=True
+    lambda i: run_stream.RunState(run_id=i), run_stream.evolve, cache=True, keep=lambda s: not s.finished
 )
 _SESSION: _Kind[session_stream.SessionState] = _Kind(
-    lambda i: session_stream.SessionState(stream_id=i), session_stream.evolve, cache=False
+    lambda i: session_stream.SessionState(stream_id=i),
+    session_stream.evolve,
+    cache=False,
+    keep=lambda s: bool(s.active_run or s.queue),
 )
 
 _DECIDERS: dict[type[Command], tuple[Decider, _Kind[Any]]] = {
@@ -98,10 +127,11 @@ _DECIDERS: dict[type[Command], tuple[Decider, _Kind[Any]]] = {
 # Each conflict means another writer's append won, so N racers for one stream need at
 # most N attempts; the bound only stops a livelock. A short random pause spreads retries.
 MAX_ATTEMPTS = 64
+KNOWN_LIMIT = 256  # last known session states kept (each holds a transcript); beyond it, start over
 
 
 def stream_of(cmd: Command) -> UUID:
-    return cmd.run_id if isinstance(cmd, RunCommand) else cmd.stream_id
+    return cmd.stream_id if isinstance(cmd, SessionCommand) else cmd.run_id
 
 
 class Executor:
@@ -110,6 +140,7 @@ class Executor:
         self._writer = writer
         writer.on_conflict = self._forget_all  # at once: nothing more is decided on a refused state
         self._live: dict[UUID, run_stream.RunState] = {}
+        self._known: dict[UUID, session_stream.SessionState] = {}  # last known, not the truth
         self._conflicted: set[UUID] = set()  # streams another writer appended to under us
         # a shared store: a run's last submission, so its end can wait to know it was not overtaken
         self._shared = bool(getattr(store, "url", ""))
@@ -119,18 +150,21 @@ class Executor:
         # a shared store: this instance's lease (set by its liveness); None until it holds one
         self.own_lease: OwnLease | None = None
 
-    async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
+    async def execute(self, cmd: Command, *, durable: bool = False) -> Executed:
         decide, kind = _DECIDERS[type(cmd)]
         stream_id = stream_of(cmd)
         for attempt in range(MAX_ATTEMPTS):
             # a stream being opened has no history worth reading, unless a first try conflicted
             fresh = attempt == 0 and isinstance(cmd, fire_run.FireRun)
-            state = await self._state(stream_id, kind, fresh=fresh)
+            known = None if kind.cache else self._known.pop(stream_id, None)
+            state = known if known is not None else await self._state(stream_id, kind, fresh=fresh)
             events = decide(state, cmd)
             if not events:
-                return events
-            if kind.cache:
-                self._remember(state, events)
+                if known is not None:  # nothing to save checks a known state: confirm on the stored one
+                    continue
+                return Executed(events, state)
+            after = _fold(kind, state, events)
+            self._keep(kind, after)
             done = self._writer.submit(events, durable=durable)
             if self._shared and kind.cache:
                 if stream_id in self._live:
@@ -140,10 +174,10 @@ class Executor:
                     self._last_submitted.pop(stream_id, None)
             if not durable:  # the outbox keeps them until the store takes them: the cache is right
                 done.add_done_callback(partial(self._on_saved, cmd=cmd))
-                return events
+                return Executed(events, after)
             try:
                 await done
-                return events
+                return Executed(events, after)
             except IntegrityError:
                 self.forget(stream_id)  # stale: reload and decide again
                 await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
@@ -164,7 +198,10 @@ class Executor:
         return await self._state(run_id, _RUN)
 
     async def session_state(self, stream_id: UUID) -> session_stream.SessionState:
-        return await self._state(stream_id, _SESSION)
+        """A session's stored state (always read: other processes write it too); kept as known."""
+        state = await self._state(stream_id, _SESSION)
+        self._keep(_SESSION, state, always=True)
+        return state
 
     async def events(self, stream_id: UUID, after_version: int = 0) -> list[DomainEvent]:
         """A stream's stored events after `after_version`: the one way to read a stream
@@ -174,17 +211,18 @@ class Executor:
         operator's answer): the cache is dropped, so the next command reloads.
         """
         events = await asyncio.to_thread(self._store.stream, stream_id, after_version)
-        cached = self._live.get(stream_id)
+        cached = self._live.get(stream_id) or self._known.get(stream_id)
         if cached is not None and events and events[-1].originator_version > cached.version:
             self.forget(stream_id)
         return events
 
-    def forget(self, run_id: UUID) -> None:
-        self._live.pop(run_id, None)
+    def forget(self, stream_id: UUID) -> None:
+        self._live.pop(stream_id, None)
+        self._known.pop(stream_id, None)
 
     def _forget_all(self, stream_ids: set[UUID]) -> None:
         for stream_id in stream_ids:
-            self._live.pop(stream_id, None)
+            self.forget(stream_id)
         if len(self._conflicted) > 10_000:  # runs nobody asked about (ended on another path)
             self._conflicted.clear()
         self._conflicted |= stream_ids
@@ -249,10 +287,25 @@ class Executor:
             state = kind.evolve(state, event)
         return state
 
-    def _remember(self, state: run_stream.RunState, events: tuple[DomainEvent, ...]) -> None:
-        for event in events:
-            state = run_stream.evolve(state, event)
-        if state.finished:
-            self._live.pop(state.run_id, None)
+    def _keep(self, kind: _Kind[S], state: S, *, always: bool = False) -> None:
+        """Keep a state this process now knows: a run's as the truth, a session's as last known."""
+        stream_id = _stream_id(state)
+        if not (always or kind.keep(state)):
+            self.forget(stream_id)
+        elif kind.cache:
+            self._live[stream_id] = cast(run_stream.RunState, state)
         else:
-            self._live[state.run_id] = state
+            if len(self._known) >= KNOWN_LIMIT:
+                self._known.clear()
+            self._known[stream_id] = cast(session_stream.SessionState, state)
+
+
+def _fold(kind: _Kind[S], state: S, events: tuple[DomainEvent, ...]) -> S:
+    for event in events:
+        state = kind.evolve(state, event)
+    return state
+
+
+def _stream_id(state: Any) -> UUID:
+    stream_id: UUID = state.run_id if isinstance(state, run_stream.RunState) else state.stream_id
+    return stream_id

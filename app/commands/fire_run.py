@@ -1,22 +1,27 @@
-"""FireRun: a request reached a compat route; opens its run stream."""
+"""FireRun: a request reached a compat route; opens its run stream.
+
+The one command that is a dataclass rather than a msgspec Struct: it carries
+`FiredFields`, the declaration the `Fired` event (an eventsourcing dataclass)
+is made of, so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from app.commands.base import RunCommand, stamp
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from app.commands.base import stamp
+from app.events.fired import FiredFields
 from app.events.run import Fired, RunState, fired_fields
 
 __all__ = ["FireRun", "decide"]
 
 
-class FireRun(RunCommand, frozen=True, kw_only=True):
-    session_id: str
-    route: str
-    model: str
-    stream: bool
-    tool_policy: str
-    ambiguity_action: str
-    is_session_reuse: bool
-    client_ua: str
+@dataclass(frozen=True, kw_only=True)
+class FireRun(FiredFields):
+    run_id: UUID
+    at: datetime  # wall-clock time of the decision; ordering never depends on it
     requester: str = ""
     task: str = ""
 

@@ -16,6 +16,7 @@ import msgspec
 from eventsourcing.domain import DomainEvent
 from msgspec.structs import replace
 
+from app.events.fired import FiredFields
 from app.outcomes import Outcome
 
 __all__ = [
@@ -51,27 +52,16 @@ def run_uuid(request_id: str) -> UUID:
     return UUID(hex=request_id)
 
 
-@dataclass(frozen=True)
-class Fired(DomainEvent):
-    """A request reached a compat route (the `openai_compat.fired` record)."""
+class Fired(FiredFields, DomainEvent):
+    """A request reached a compat route (the `openai_compat.fired` record).
 
-    session_id: str
-    route: str
-    model: str
-    stream: bool
-    tool_policy: str
-    ambiguity_action: str
-    is_session_reuse: bool
-    client_ua: str
-    requester: str
-    task: str
+    Its fields are `FiredFields`, stored after the identity fields as they always were.
+    """
 
 
-# The one list of what a fired run carries: Fired's own fields (the command, the
-# queued run's record and the ledger row are read from or checked against it).
-FIRED_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in fields(Fired) if f.name not in {b.name for b in fields(DomainEvent)}
-)
+# The one list of what a fired run carries, in order (the queued run's record and
+# the ledger row are read from or checked against it).
+FIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FiredFields))
 
 
 def fired_fields(source: object, names: tuple[str, ...] = FIRED_FIELDS) -> dict[str, Any]:

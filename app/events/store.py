@@ -16,7 +16,7 @@ from eventsourcing.application import Application
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import Notification
 
-__all__ = ["EventStore", "open_event_store"]
+__all__ = ["EventStore"]
 
 
 class _BmoApplication(Application[UUID]):
@@ -93,23 +93,3 @@ def _use_synchronous_normal(app: Application[Any]) -> None:
         return connection
 
     pool._create_connection = create_normal
-
-
-def open_event_store(
-    data_dir: Path, faults: Path | None = None, url: str = "", instance_id: str = ""
-) -> EventStore:
-    """The store under the data dir, or on PostgreSQL when `url` names a server.
-
-    `faults` enables the append-fault test seam (SQLite only); `instance_id` names
-    the serving instance that owns the runs it writes (PostgreSQL only).
-    """
-    if url:
-        from app.events.postgres_store import PostgresEventStore
-
-        return PostgresEventStore(url, instance_id)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if faults is not None:
-        from app.events.faults import FaultInjectingStore
-
-        return FaultInjectingStore(data_dir / "events.db", faults)
-    return EventStore(data_dir / "events.db")

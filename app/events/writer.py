@@ -29,16 +29,13 @@ from uuid import UUID
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import IntegrityError
 
+from app.errors import PersistFailed  # the error tree's, raised here
 from app.events.store import EventStore
 
 __all__ = ["EventWriter", "PersistFailed", "PersistenceState"]
 
 FailureHook = Callable[[Sequence[DomainEvent], str], None]
 RecoveryHook = Callable[["PersistenceState"], None]
-
-
-class PersistFailed(Exception):
-    """A durable append could not be saved (the store is failing right now)."""
 
 
 @dataclass(slots=True)

@@ -26,7 +26,6 @@ from app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from app.events.writer import PersistFailed
 from app.outcomes import Outcome
 
 __all__ = ["envelope_bytes", "exception_handler", "outcome_for_status", "to_bmo_error"]
@@ -74,11 +73,6 @@ def to_bmo_error(exc: Exception, body: bytes | None = None) -> BmoError:
     """`body`, when known, lets a decode failure be named by its kind rather than a parser's wording."""
     if isinstance(exc, BmoError):
         return exc
-    if isinstance(exc, PersistFailed):
-        return ServiceUnavailable(
-            f"The event store cannot record this request right now ({exc}); retry shortly.",
-            code="store_unavailable",
-        )
     if isinstance(exc, ValidationException):
         return InvalidRequest(_validation_message(exc), param=_validation_param(exc))
     if isinstance(exc, NotFoundException):

@@ -6,9 +6,13 @@ many: `tools`, `stream_options`, `reasoning_effort`, `seed`, `logit_bias` ...).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from app.events.fired import FiredFields
+from app.outcomes import Outcome
 
 __all__ = [
     "ChatCompletion",
@@ -168,22 +172,22 @@ class ErrorEnvelope(msgspec.Struct):
     error: ErrorBody
 
 
-class RunRow(msgspec.Struct):
+@dataclass(frozen=True)
+class _RunKey:
     request_id: str
-    session_id: str
-    route: str
-    model: str
-    stream: bool
-    tool_policy: str
-    ambiguity_action: str
-    is_session_reuse: bool
-    client_ua: str
-    requester: str
-    task: str
+
+
+@dataclass(frozen=True)
+class RunRow(FiredFields, _RunKey):
+    """A run in the ledger: its id, what it was fired with (`FiredFields`), how it ended.
+
+    A dataclass, as the fired fields are: the same keys in the same order as ever.
+    """
+
     started_at: str
     ended_at: str | None
     elapsed_ms: float | None
-    outcome: str | None
+    outcome: Outcome | None
     status_code: int | None
     error: str | None
     prompt_tokens: int

@@ -24,6 +24,7 @@ from app.events.postgres_store import EVENTS_CHANNEL, PostgresEventStore
 from app.projections import runs
 from app.projections.pg_db import PROJECTED_CHANNEL, PgReadConn, apply_pg_ops, ensure_schema, translate
 from app.projections.runner import NAME, project_all
+from app.projections.stepping import Stepping
 
 __all__ = ["PgProjectionFollower", "PgProjectionRunner"]
 
@@ -47,7 +48,7 @@ class _Wakeup:
             self._loop.call_soon_threadsafe(self.event.set)
 
 
-class PgProjectionRunner:
+class PgProjectionRunner(Stepping):
     """The `ProjectionRunner` interface over read models in PostgreSQL."""
 
     def __init__(
@@ -94,46 +95,8 @@ class PgProjectionRunner:
             await asyncio.wait({self._stepping}, timeout=10)
         self._db.close()
 
-    async def wait_for(self, position: int, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.position < position:
-            self._wake.event.set()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            self._advanced.clear()
-            try:
-                await asyncio.wait_for(self._advanced.wait(), remaining)
-            except TimeoutError:
-                return self.position >= position
-        return True
-
-    def step(self) -> bool:
-        return self._step()
-
-    def catch_up(self) -> int:
-        while self._step():
-            pass
-        return self.position
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                while await self._step_in_thread():
-                    self._advanced.set()
-                self._advanced.set()
-                self.last_error = None
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("projector step failed: %s", self.last_error)
-            self._wake.event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.event.wait(), self._poll)
-
-    async def _step_in_thread(self) -> bool:
-        self._stepping = asyncio.get_running_loop().run_in_executor(None, self._step)
-        return await asyncio.shield(self._stepping)
+    def _woken(self) -> asyncio.Event:
+        return self._wake.event
 
     def _step(self) -> bool:
         """One batch in one transaction, the projector lock held; False when nothing was new."""

@@ -11,7 +11,6 @@ events written by other processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from app.events.store import EventStore
 from app.projections import counts, permissions, runs
 from app.projections.db import open_read_db
 from app.projections.rows import RowOp, apply_ops
+from app.projections.stepping import Stepping
 
 __all__ = ["ProjectionRunner", "project_all"]
 
@@ -37,7 +37,7 @@ def project_all(event: DomainEvent, position: int) -> list[RowOp]:
     return [op for projector in _PROJECTORS for op in projector(event, position)]
 
 
-class ProjectionRunner:
+class ProjectionRunner(Stepping):
     def __init__(
         self,
         store: EventStore,
@@ -84,49 +84,8 @@ class ProjectionRunner:
             await asyncio.wait({self._stepping}, timeout=10)
         self._db.close()
 
-    async def _step_in_thread(self) -> bool:
-        self._stepping = asyncio.get_running_loop().run_in_executor(None, self._step)
-        return await asyncio.shield(self._stepping)
-
-    async def wait_for(self, position: int, timeout: float) -> bool:
-        """True once everything up to `position` is projected."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.position < position:
-            self._wake.set()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            self._advanced.clear()
-            try:
-                await asyncio.wait_for(self._advanced.wait(), remaining)
-            except TimeoutError:
-                return self.position >= position
-        return True
-
-    def step(self) -> bool:
-        """Apply one batch (blocking); False when there was nothing new."""
-        return self._step()
-
-    def catch_up(self) -> int:
-        """Project everything currently in the store (blocking); returns the position."""
-        while self._step():
-            pass
-        return self.position
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                while await self._step_in_thread():
-                    self._advanced.set()  # set here: asyncio events are not thread-safe
-                self._advanced.set()
-                self.last_error = None
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("projector step failed: %s", self.last_error)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+    def _woken(self) -> asyncio.Event:
+        return self._wake
 
     def _step(self) -> bool:
         """Apply one batch in one transaction; False when there was nothing new."""

@@ -10,6 +10,7 @@ import json
 from dataclasses import fields
 from functools import lru_cache
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from eventsourcing.domain import DomainEvent
@@ -29,10 +30,12 @@ __all__ = [
     "find_request_ids",
     "get_run",
     "list_runs",
+    "open_request_ids",
     "project",
     "recent_outcomes",
     "run_count",
     "run_events",
+    "session_streams",
 ]
 
 RUNS_SCHEMA = """
@@ -228,6 +231,25 @@ def run_events(conn: Any, request_id: str, after_version: int = 0) -> list[dict[
         (request_id, after_version),
     )
     return [{"version": v, "seq": s, "type": t, "at": at, "data": json.loads(d)} for v, s, t, at, d in rows]
+
+
+def open_request_ids(conn: Any) -> list[str]:
+    """Runs with no terminal event yet, oldest first (the ledger never prunes an open run)."""
+    rows = conn.execute("SELECT request_id FROM openai_compat_runs WHERE ended_seq IS NULL ORDER BY seq")
+    return [r[0] for r in rows]
+
+
+def session_streams(conn: Any) -> list[UUID]:
+    """Every session stream, from its `SessionOpened` in the event timeline.
+
+    The timeline holds every stream's events; a session's are never pruned (only
+    the events of a pruned run go), so this lists every session ever opened.
+    """
+    rows = conn.execute(
+        "SELECT DISTINCT request_id FROM openai_compat_run_events WHERE type = 'SessionOpened' "
+        "ORDER BY request_id"
+    )
+    return [UUID(hex=r[0]) for r in rows]
 
 
 def run_count(conn: Any) -> int:

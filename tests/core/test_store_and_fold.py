@@ -8,7 +8,8 @@ from uuid import uuid4
 
 from app.commands import fire_run
 from app.events import run
-from app.events.store import EventStore, open_event_store
+from app.events.select import open_event_store
+from app.events.store import EventStore
 from tests.core.helpers import fire_cmd, now
 
 

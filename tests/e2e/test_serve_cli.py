@@ -119,7 +119,7 @@ def test_serve_recovers_runs_left_open_by_a_crash(tmp_path: Path, workspace: Pat
     from app.commands import fire_run
     from app.commands.fire_run import FireRun
     from app.events.run import RunState
-    from app.events.store import open_event_store
+    from app.events.select import open_event_store
 
     data = tmp_path / "data"
     store = open_event_store(data)

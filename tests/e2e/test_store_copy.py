@@ -36,7 +36,7 @@ def leave_an_open_run(data: Path) -> str:
     from app.commands import fire_run
     from app.commands.fire_run import FireRun
     from app.events.run import RunState
-    from app.events.store import open_event_store
+    from app.events.select import open_event_store
 
     store = open_event_store(data)
     run_id = uuid4()

@@ -29,8 +29,8 @@ from app.commands import AppendContent, AskPermission, FireRun
 from app.commands.execute import Executor
 from app.errors import BmoError, SessionBusy
 from app.events.run import Finished, fold
+from app.events.select import open_event_store
 from app.events.session import session_uuid
-from app.events.store import open_event_store
 from app.events.writer import EventWriter, PersistFailed
 from app.providers.base import ChatMessage, Usage
 from app.telemetry import Records

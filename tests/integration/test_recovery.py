@@ -12,7 +12,7 @@ from app.commands import finish_run, fire_run
 from app.commands.finish_run import FinishRun
 from app.commands.fire_run import FireRun
 from app.events.run import RunState, evolve
-from app.events.store import open_event_store
+from app.events.select import open_event_store
 from app.projections import runs
 from app.projections.db import open_read_db, read_db_path
 from app.recovery import sweep_interrupted

@@ -15,7 +15,8 @@ from app.commands import FinishRun, FireRun, StartRun
 from app.commands.execute import Executor
 from app.events.lease import OwnLease
 from app.events.run import Finished, Fired, RunState
-from app.events.store import EventStore, open_event_store
+from app.events.select import open_event_store
+from app.events.store import EventStore
 from app.events.writer import EventWriter
 from app.projections import counts, runs
 from app.projections.db import open_read_db, read_db_path, reset_read_models

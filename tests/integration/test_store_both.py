@@ -18,9 +18,10 @@ import pytest
 from app.commands import admit_run
 from app.commands.admit_run import AdmitRun
 from app.commands.execute import Executor
+from app.events.select import open_event_store
 from app.events.session import RunActivated, RunQueued, session_uuid
 from app.events.session import fold as session_fold
-from app.events.store import EventStore, open_event_store
+from app.events.store import EventStore
 from app.events.writer import EventWriter
 from app.projections import counts, runs
 from app.projections.db import read_db_path

@@ -570,7 +570,7 @@ def test_clock_skew_does_not_reorder_timelines(
     make_server: Callable[..., BmoServer], tmp_path: Path, figures: Figures
 ) -> None:
     """Events appended with ever earlier timestamps: timelines follow versions, the ledger follows seq."""
-    from app.events.store import open_event_store
+    from app.events.select import open_event_store
 
     data = tmp_path / "data"
     backwards = [timedelta(hours=-h_) for h_ in range(5)]  # each event an hour before the previous
