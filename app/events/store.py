@@ -83,6 +83,10 @@ def _use_synchronous_normal(app: Application[Any]) -> None:
 
     In WAL mode NORMAL is ~3x faster and still survives a process crash; only
     an OS crash or power loss can drop the last commits. Chosen on purpose.
+
+    The Application has already opened (and pooled) a connection to create its
+    table by the time this runs: that one is switched too, or every commit made
+    through it would still fsync (it is the one a lone writer thread reuses).
     """
     pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
     create = pool._create_connection
@@ -93,6 +97,9 @@ def _use_synchronous_normal(app: Application[Any]) -> None:
         return connection
 
     pool._create_connection = create_normal
+    with pool._put_condition:
+        for connection in pool._pool:
+            connection._sqlite_conn.execute("PRAGMA synchronous=NORMAL")
 
 
 def open_event_store(
