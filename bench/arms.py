@@ -71,11 +71,13 @@ def _granian(target: str, port: int) -> list[str]:
 
 
 def start_mock(
-    procs: Procs, name: str, netns: Netns | None = None, port: int | None = None
+    procs: Procs, name: str, netns: Netns | None = None, port: int | None = None, pin: str = ""
 ) -> tuple[int, int]:
-    """A mock upstream (in the namespace if given); (port, pid)."""
+    """A mock upstream (in the namespace if given, on the `pin` CPUs if given); (port, pid)."""
     port = port or free_port()
     prefix = netns.prefix if netns else []
+    if pin:
+        prefix = ["taskset", "-c", pin, *prefix]
     # granian's backpressure (default: backlog, 1024) is a per-connection permit: idle keep-alive
     # connections from the gateways would otherwise cap the many-open-streams test below 1000.
     argv = [*_granian("bench.mock_upstream:app", port), "--backlog", "4096", "--backpressure", "8192"]
@@ -134,6 +136,7 @@ def start_bmo(
     *,
     tree: Path | None = None,
     name: str = "bmo",
+    workers: int = 1,
 ) -> Arm:
     """`bmo serve` on the mock; from another checkout's `app/` when `tree` is given (its
     own home and data dir under `work/name`), so two versions can be measured in one run."""
@@ -150,6 +153,7 @@ def start_bmo(
     if tree is not None:
         notes.append(f"app/ from {tree.resolve()} ({_git_head(tree)})")
     argv = [sys.executable, "-m", "app", "serve", "--addr", f"127.0.0.1:{port}", "--auth-token", BMO_TOKEN]
+    argv += ["--workers", str(workers)]
     proc = procs.spawn(name, argv, cwd=home, env=env)
     wait_http(port, path="/v1/models", proc=proc, timeout=60)
     return Arm(name, port, "mock/mock-model", BMO_TOKEN, [proc.pid], data_dir=data, notes=notes)

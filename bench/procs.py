@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 __all__ = [
     "CpuSample",
     "Procs",
+    "by_role",
     "free_port",
     "process_role",
     "process_tree",
@@ -212,7 +214,7 @@ def tree_cpu_seconds(roots: Iterable[int]) -> CpuSample:
 
 
 def process_role(pid: int) -> str:
-    """What a process of bmo's tree is, from its command line: worker, projector, guard or main.
+    """What a process of bmo's tree is, from its command line: worker-N, projector, guard or main.
 
     `bmo serve` execs granian, whose processes retitle themselves (`... worker-1`);
     the projector is `python -m app projections run`; the tool-process guard is
@@ -226,9 +228,17 @@ def process_role(pid: int) -> str:
         return "projector"
     if "process_guard" in cmdline:
         return "guard"
-    if " worker-" in cmdline:
-        return "worker"
-    return "main"
+    match = re.search(r" (worker-\d+)", cmdline)
+    return match.group(1) if match else "main"
+
+
+def by_role(per_process: dict[str, float]) -> dict[str, float]:
+    """`roles_cpu_seconds`' figures with the workers summed as `worker` (others as they are)."""
+    out: dict[str, float] = {}
+    for role, value in per_process.items():
+        key = "worker" if role.startswith("worker-") else role
+        out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def roles_cpu_seconds(roots: Iterable[int]) -> dict[str, float]:

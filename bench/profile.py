@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench import arms as arms_mod
-from bench.procs import Procs, roles_cpu_seconds
+from bench.procs import Procs, by_role, roles_cpu_seconds
 from bench.wrk import parse_wrk, write_script, wrk_argv
 
 __all__ = ["main"]
@@ -85,7 +85,8 @@ def _profiled(args: argparse.Namespace, arm: arms_mod.Arm, script: Path, procs: 
         spy.wait(timeout=60)
     result = parse_wrk(done.stdout)
     requests = max(1, int(result["requests"]))
-    per_role = {role: (after.get(role, 0.0) - before.get(role, 0.0)) * 1000 / requests for role in after}
+    spent = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
+    per_role = {role: seconds * 1000 / requests for role, seconds in by_role(spent).items()}
     return {
         "concurrency": args.concurrency,
         "stream": args.stream,
