@@ -33,12 +33,6 @@ from app.events.store import EventStore
 __all__ = ["EventWriter", "PersistFailed", "PersistenceState"]
 
 FailureHook = Callable[[Sequence[DomainEvent], str], None]
-# Loop turns the writer lets pass between a wake-up and taking its batch. A request's
-# last appends (its content and model call from the agent's task, then its FinishRun
-# once the handler resumes) are two turns apart: waiting them out makes them one
-# commit (at c=1: ~2.6 -> 2.0 commits per chat request, measured), and costs no timer,
-# only two passes through the ready queue.
-GATHER_TURNS = 2
 RecoveryHook = Callable[["PersistenceState"], None]
 
 
@@ -132,8 +126,6 @@ class EventWriter:
         backoff = 0.05
         while True:
             await self._wake.wait()
-            for _ in range(GATHER_TURNS):  # let the submitter's next steps join this commit
-                await asyncio.sleep(0)
             self._wake.clear()
             while self._pending:
                 batch = list(self._pending)

@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import pytest
 
-from app.commands import FinishRun, FireRun, StartRun, fire_run
+from app.commands import FinishRun, FireRun, StartRun
 from app.commands.execute import Executor
 from app.events.run import Finished, Fired, RunState
 from app.events.store import EventStore, open_event_store
@@ -65,33 +65,6 @@ def test_group_commit_saves_every_event_in_order(tmp_path: Path) -> None:
         events = store.stream(uuid4().__class__(hex=request_id))
         assert [type(e).__name__ for e in events] == ["Fired", "Started", "Finished"]
         assert [e.originator_version for e in events] == [1, 2, 3]
-
-
-def test_appends_a_couple_of_loop_turns_apart_share_one_commit(tmp_path: Path) -> None:
-    """A request's last appends come from two tasks (the agent's, then the handler's):
-    the writer gathers them into one transaction instead of committing each."""
-    store = open_event_store(tmp_path)
-    commits: list[int] = []
-
-    async def scenario() -> None:
-        writer = EventWriter(store, on_commit=commits.append)
-        writer.start()
-        first, second = uuid4(), uuid4()
-        state = RunState(run_id=first)
-        writer.submit(_fired(state, fire_cmd(first)))
-        await asyncio.sleep(0)  # the handler resumes a turn later ...
-        await asyncio.sleep(0)
-        writer.submit(_fired(RunState(run_id=second), fire_cmd(second)))
-        assert await writer.flush(timeout=10)
-        await writer.close()
-
-    asyncio.run(scenario())
-    assert len(commits) == 1
-    assert store.max_notification_id() == 2
-
-
-def _fired(state: RunState, cmd: FireRun) -> tuple[Fired, ...]:
-    return fire_run.decide(state, cmd)  # type: ignore[return-value]
 
 
 class FlakyStore(EventStore):
