@@ -254,8 +254,8 @@ def _workers_text(plan: dict[str, Any]) -> str:
     return (
         f"bmo ran with `--workers {workers}`; {where}. On a 2-core machine this cannot show scaling: "
         "the second worker competes with the load generator and the mock for the same cores. What it does "
-        "show is the CPU per request of each worker (per-process table), which must stay flat as workers "
-        "are added."
+        "show is each worker's CPU per request of the run (per-process table: the parts add up), whose "
+        "sum must stay at one worker's figure as workers are added."
     )
 
 
