@@ -9,7 +9,8 @@ requests, RPS and CPU ms per request per process role.
     python -m bench.profile --concurrency 32 --out docs/img/flame-c32-after.svg
     python -m bench.profile --concurrency 1 --tree /path/to/old/checkout --out /tmp/c1-before.svg
 
-py-spy is a bench-only tool (`pip install py-spy`); it needs ptrace rights on
+py-spy is a bench-only tool, pip-installed on first use like the bench's other
+tools (never in the runtime or test locks); it needs ptrace rights on
 the processes it samples (root, or `kernel.yama.ptrace_scope = 0`).
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from bench import arms as arms_mod
 from bench.procs import Procs, by_role, roles_cpu_seconds
+from bench.setup_deps import ensure_py_spy, ensure_wrk
 from bench.wrk import parse_wrk, write_script, wrk_argv
 
 __all__ = ["main"]
@@ -46,6 +48,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    ensure_wrk()
+    if not args.no_profile:
+        ensure_py_spy()
     if not args.no_profile and shutil.which("py-spy") is None:
         print("bench.profile: py-spy not found (pip install py-spy)", file=sys.stderr)
         return 2
