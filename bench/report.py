@@ -121,7 +121,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def present_arms(results: dict[str, Any]) -> list[str]:
-    return [a for a in ARMS if a in results["arms"]]
+    """The known arms in their order, then any other arm of the run (e.g. one a later module adds)."""
+    known = [a for a in ARMS if a in results["arms"]]
+    return known + [a for a in results["arms"] if a not in ARMS]
 
 
 HEADLINE: list[tuple[str, str, Getter, Getter | None, bool]] = [
@@ -167,7 +169,7 @@ def headline(results: dict[str, Any]) -> str:
     if idle:
         cells = [fmt(idle[a]["cores"] * 100) if a in idle else "–" for a in arms]
         rows.append(["CPU while idle, before the metrics (% of a core)", *cells, "", ""])
-    header = ["metric (median of rounds)", *(LABELS[a] for a in arms), "bmo / LiteLLM", "bmo / bare"]
+    header = ["metric (median of rounds)", *(LABELS.get(a, a) for a in arms), "bmo / LiteLLM", "bmo / bare"]
     return table(header, rows)
 
 
@@ -191,11 +193,11 @@ def detail_wrk(results: dict[str, Any], key: str) -> str:
     for arm in present_arms(results):
         rps = values(results, key, arm, RPS)
         if not any(v is not None for v in rps):
-            rows.append([LABELS[arm], *(["–"] * 6), _errors(metric, arm)])
+            rows.append([LABELS.get(arm, arm), *(["–"] * 6), _errors(metric, arm)])
             continue
         rows.append(
             [
-                LABELS[arm],
+                LABELS.get(arm, arm),
                 both(rps),
                 both(values(results, key, arm, P50)),
                 both(values(results, key, arm, P99)),
@@ -219,16 +221,14 @@ def detail_processes(results: dict[str, Any]) -> str:
         metric = _metric(results, key)
         if metric is None or not metric["rounds"]:
             continue
-        for arm in ("bmo", "bmo_before"):
-            if arm not in results["arms"]:
-                continue
+        for arm in [a for a in present_arms(results) if a == "bmo" or a.startswith("bmo_")]:
             roles = sorted({r for rnd in metric["rounds"] for r in _by_process(rnd.get(arm) or {})})
             cells = []
             for role in roles:
                 value = med(values(results, key, arm, g("cpu_ms_per_req_by_process", role)))
                 cells.append(f"{role} {fmt(value)}")
             total = med(values(results, key, arm, CPU))
-            rows.append([metric["title"], LABELS[arm], fmt(total), " · ".join(cells) or "–"])
+            rows.append([metric["title"], LABELS.get(arm, arm), fmt(total), " · ".join(cells) or "–"])
     if not rows:
         return "_no per-process figures in this run._"
     return table(["run", "arm", "CPU ms/req (tree)", "by process (ms/req)"], rows)
@@ -285,7 +285,7 @@ def detail_ttft(results: dict[str, Any], key: str) -> str:
     for arm in present_arms(results):
         rows.append(
             [
-                LABELS[arm],
+                LABELS.get(arm, arm),
                 both(values(results, key, arm, TTFT50)),
                 both(values(results, key, arm, TTFT99)),
                 both(values(results, key, arm, TTLB50)),
@@ -320,11 +320,12 @@ def detail_sweep(results: dict[str, Any]) -> str:
             key = metric["key"]
             achieved = values(results, key, arm, g("achieved_rps"))
             if not any(v is not None for v in achieved):
-                rows.append([LABELS[arm], fmt(metric["rate"]), "saturated below / skipped", *[""] * 5])
+                name = LABELS.get(arm, arm)
+                rows.append([name, fmt(metric["rate"]), "saturated below / skipped", *[""] * 5])
                 continue
             rows.append(
                 [
-                    LABELS[arm],
+                    LABELS.get(arm, arm),
                     fmt(metric["rate"]),
                     both(achieved),
                     both(values(results, key, arm, g("latency_ms", "p50"))),
@@ -419,7 +420,7 @@ def detail_hold(results: dict[str, Any]) -> str:
             continue
         rows.append(
             [
-                LABELS[arm],
+                LABELS.get(arm, arm),
                 both(values(results, "hold", arm, g("requests"))),
                 both(values(results, "hold", arm, g("upstream_max_held"))),
                 both(values(results, "hold", arm, g("max_open"))),
@@ -593,7 +594,7 @@ def plots(results: dict[str, Any], img: Path) -> list[str]:
                     xs.append(c)
                     ys.append(value)
             if xs:
-                ax.plot(xs, ys, marker="o", label=LABELS[arm])
+                ax.plot(xs, ys, marker="o", label=LABELS.get(arm, arm))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks([1, 8, 32, 64], labels=["1", "8", "32", "64"])
@@ -626,8 +627,9 @@ def _plot_sweep(results: dict[str, Any], img: Path, plt: Any) -> bool:
                 p50.append(a)
                 p99.append(b)
         if xs:
-            line = ax.plot(xs, p50, marker="o", label=f"{LABELS[arm]} p50")[0]
-            ax.plot(xs, p99, marker="x", linestyle="--", color=line.get_color(), label=f"{LABELS[arm]} p99")
+            name = LABELS.get(arm, arm)
+            line = ax.plot(xs, p50, marker="o", label=f"{name} p50")[0]
+            ax.plot(xs, p99, marker="x", linestyle="--", color=line.get_color(), label=f"{name} p99")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("offered load (req/s, open loop)")

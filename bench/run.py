@@ -45,7 +45,13 @@ from bench.wrk import parse_wrk, write_script, wrk_argv
 __all__ = ["main"]
 
 ARM_ORDER = ("direct", "bmo", "bmo_before", "bare", "litellm")
-BMO_ARMS = ("bmo", "bmo_before")  # `bmo serve` processes: CPU split by role, events counted
+
+
+def is_bmo(name: str) -> bool:
+    """A `bmo serve` arm (bmo, bmo_before, or one a later module adds as bmo_*): CPU split by process."""
+    return name == "bmo" or name.startswith("bmo_")
+
+
 RESULTS = REPO / "bench" / "results" / "latest.json"
 
 
@@ -180,14 +186,14 @@ def measure(
         peak[0] = max(peak[0], tree_rss_mb(arm.roots))
 
     events_before = count_events(arm)
-    roles_before = roles_cpu_seconds(arm.roots) if arm.name in BMO_ARMS else {}
+    roles_before = roles_cpu_seconds(arm.roots) if is_bmo(arm.name) else {}
     cpu_before = tree_cpu_seconds(arm.roots).seconds
     wall_start = time.monotonic()
     argvs = [_pinned(h, argv)] + ([_pinned(h, side)] if side else [])
     outs = h.procs.run_tools(argvs, cwd=REPO, timeout=timeout, on_tick=tick)
     wall = time.monotonic() - wall_start
     cpu = tree_cpu_seconds(arm.roots).seconds - cpu_before
-    roles_after = roles_cpu_seconds(arm.roots) if arm.name in BMO_ARMS else {}
+    roles_after = roles_cpu_seconds(arm.roots) if is_bmo(arm.name) else {}
     result = parse(outs[0])
     requests = int(result.get("requests", 0))
     result["cpu_s"] = cpu
@@ -250,7 +256,7 @@ def _openloop(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
     argv = _tool(arm, "bench.openloop", "load", "--model", arm.model)
     argv += ["--rate", str(metric.rate), "--duration", str(metric.duration), "--drain", "5"]
     side = None
-    if arm.name in BMO_ARMS and metric.rate in (h.plan.lag_rate, h.plan.rates[0]):
+    if is_bmo(arm.name) and metric.rate in (h.plan.lag_rate, h.plan.rates[0]):
         side = [*arm.prefix, sys.executable, "-m", "bench.openloop", "lag", "--port", str(arm.port)]
         side += ["--token", arm.token, "--model", f"mock/{PROBE_MODEL}", "--duration", str(metric.duration)]
         side += ["--interval", str(h.plan.lag_interval)]
