@@ -138,10 +138,15 @@ class Runtime:
         return self._tools
 
     async def settle(self, timeout: float = 2.0) -> None:
+        """Before a read: this process's writes made until now are saved and projected.
+
+        Only what was submitted before the read is waited for, never later client
+        writes: an operator's read must not wait behind the streams (bounded by
+        `timeout` in any case).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await self.writer.flush(timeout)
-        target = max(self.baseline, self.writer.position)
+        target = max(self.baseline, await self.writer.saved_through(timeout))
         await self.projector.wait_for(target, max(0.0, deadline - loop.time()))
 
 

@@ -6,7 +6,11 @@ it every quarter lease. A run belongs to the instance that fired or started it
 of instances whose lease has expired end as `error_500` / `interrupted` through
 the ordinary commands, and their sessions are released (which starts the next
 queued run here) or their queue places dropped. A live instance's runs are never
-touched. An instance that was only paused finds its runs finished when it
+touched, and an instance never sweeps its own. A sweeper that was itself cut
+off from the store first renews its lease for a whole lease period before it
+sweeps again: every instance the same outage cut off gets that long to renew its
+lease (and flush its outbox), so an outage of the store is never taken for the
+death of its instances. An instance that was only paused finds its runs finished when it
 resumes: its own late appends conflict with the terminal event and are dropped
 by the ordinary decide path, so no run gets a second terminal event.
 """
@@ -22,6 +26,7 @@ from uuid import UUID
 from app.agent.sessions import SessionService
 from app.commands.execute import Executor
 from app.commands.finish_run import FinishRun
+from app.events.lease import OwnLease
 from app.events.postgres_store import PostgresEventStore
 from app.events.run import Fired
 from app.telemetry import Records
@@ -41,7 +46,13 @@ class Liveness:
     addr: str
     lease_s: float
     last_error: str | None = None
+    lease: OwnLease = field(init=False)
+    _connected_since: float | None = field(default=None, repr=False)  # renewing without a break since
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lease = OwnLease(self.lease_s)
+        self.executor.own_lease = self.lease  # answers need no store round trip while it is held
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="liveness")
@@ -55,10 +66,16 @@ class Liveness:
         period = self.lease_s / 4
         while True:
             try:
+                asked = self.lease.asked()
                 await asyncio.to_thread(self.store.hold_lease, self.addr, self.lease_s)
-                await self.sweep()
+                self.lease.renewed(asked)
+                if self._connected_since is None:
+                    self._connected_since = asked
+                if self.lease.clock() - self._connected_since >= self.lease_s:
+                    await self.sweep()
                 self.last_error = None
             except Exception as exc:  # the store is away: the lease lapses, by design
+                self._connected_since = None
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("liveness: %s", self.last_error)
             await asyncio.sleep(period)

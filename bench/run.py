@@ -555,6 +555,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="CPUS",
         help="taskset CPU list for the mock and the load tools (e.g. 0); the servers keep every CPU",
     )
+    parser.add_argument("--postgres", action="store_true", help="also: 1 vs 2 instances on PostgreSQL")
+    parser.add_argument(
+        "--postgres-only", action="store_true", help="only the PostgreSQL arm (bench/pg_arm.py)"
+    )
     return parser.parse_args(argv)
 
 
@@ -565,6 +569,8 @@ def _on_term(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     signal.signal(signal.SIGTERM, _on_term)
+    if args.postgres_only:
+        return _postgres_arm(args)
     started = time.monotonic()
     plan = make_plan(args)
     ensure_all(plan.litellm)
@@ -616,6 +622,14 @@ def main(argv: list[str] | None = None) -> int:
 
     write_report(results, args.out)
     print(f"bench: wrote {args.out} and {RESULTS} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return _postgres_arm(args) if args.postgres else 0
+
+
+def _postgres_arm(args: argparse.Namespace) -> int:
+    """One vs two bmo instances on one PostgreSQL store (bench/pg_arm.py, its own results file)."""
+    from bench.pg_arm import run_postgres_arm
+
+    run_postgres_arm(seconds=args.duration or (4.0 if args.quick else 12.0), rounds=args.rounds or 2)
     return 0
 
 

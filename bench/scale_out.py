@@ -28,7 +28,7 @@ from bench.procs import tree_cpu_seconds
 from tests.e2e.server import BmoServer
 from tests.pg import PgCluster, database_url
 
-__all__ = ["main"]
+__all__ = ["main", "run_arm"]
 
 
 def _postmaster_pid(cluster: PgCluster) -> int:
@@ -53,19 +53,34 @@ async def _drive(servers: list[BmoServer], clients: int, seconds: float) -> int:
     return done
 
 
-async def _lag(url: str, stop: asyncio.Event, samples: list[int]) -> None:
+_HEAD = "SELECT COALESCE(max(notification_id), 0) FROM bmo_events"
+_PROJECTED = "SELECT COALESCE(max(position), 0) FROM projection_tracking"
+
+
+async def _scalar(conn: psycopg.AsyncConnection[Any], sql: str) -> int:
+    row = await (await conn.execute(sql)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _lag(url: str, stop: asyncio.Event, samples: list[int], catch_up_ms: list[float]) -> None:
+    """Every 0.25 s: the lag in events (head minus projected), and how long the projectors
+    took to reach the head seen then (polled every 5 ms; a sample cut off by the end of the
+    run is dropped)."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while not stop.is_set():
-            cur = await conn.execute(
-                "SELECT (SELECT COALESCE(max(notification_id), 0) FROM bmo_events) - "
-                "(SELECT COALESCE(max(position), 0) FROM projection_tracking)"
-            )
-            row = await cur.fetchone()
-            samples.append(int(row[0]) if row else 0)
+            started = time.monotonic()
+            head = await _scalar(conn, _HEAD)
+            projected = await _scalar(conn, _PROJECTED)
+            samples.append(max(0, head - projected))
+            while projected < head and not stop.is_set():
+                await asyncio.sleep(0.005)
+                projected = await _scalar(conn, _PROJECTED)
+            if projected >= head:
+                catch_up_ms.append(1000 * (time.monotonic() - started))
             await asyncio.sleep(0.25)
 
 
-def _arm(cluster: PgCluster, n: int, clients: int, seconds: float, workdir: Path) -> dict[str, Any]:
+def run_arm(cluster: PgCluster, n: int, clients: int, seconds: float, workdir: Path) -> dict[str, Any]:
     with database_url(cluster) as url:
         servers = []
         try:
@@ -83,15 +98,15 @@ def _arm(cluster: PgCluster, n: int, clients: int, seconds: float, workdir: Path
             roots = [s.proc.pid for s in servers if s.proc is not None]
             bmo0, pg0 = tree_cpu_seconds(roots).seconds, tree_cpu_seconds([_postmaster_pid(cluster)]).seconds
 
-            async def measured() -> tuple[int, list[int]]:
-                stop, samples = asyncio.Event(), []
-                lag = asyncio.create_task(_lag(url, stop, samples))
+            async def measured() -> tuple[int, list[int], list[float]]:
+                stop, samples, catch_up = asyncio.Event(), [], []
+                lag = asyncio.create_task(_lag(url, stop, samples, catch_up))
                 count = await _drive(servers, clients, seconds)
                 stop.set()
                 await lag
-                return count, samples
+                return count, samples, catch_up
 
-            count, lags = asyncio.run(measured())
+            count, lags, catch_up = asyncio.run(measured())
             bmo1, pg1 = tree_cpu_seconds(roots).seconds, tree_cpu_seconds([_postmaster_pid(cluster)]).seconds
         finally:
             for server in servers:
@@ -104,7 +119,14 @@ def _arm(cluster: PgCluster, n: int, clients: int, seconds: float, workdir: Path
         "pg_cpu_ms_per_req": 1000 * (pg1 - pg0) / max(count, 1),
         "lag_max_events": max(lags, default=0),
         "lag_mean_events": sum(lags) / max(len(lags), 1),
+        "catch_up_ms_p50": _quantile(catch_up, 0.5),
+        "catch_up_ms_max": max(catch_up, default=0.0),
     }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def main() -> None:
@@ -115,7 +137,7 @@ def main() -> None:
     cluster = PgCluster().start()
     try:
         with tempfile.TemporaryDirectory(prefix="bmo-scale-") as tmp:
-            rows = [_arm(cluster, n, args.clients, args.seconds, Path(tmp)) for n in (1, 2)]
+            rows = [run_arm(cluster, n, args.clients, args.seconds, Path(tmp)) for n in (1, 2)]
     finally:
         cluster.stop()
     print(f"cores: {os.cpu_count()}, clients: {args.clients}, {args.seconds:.0f} s per arm")

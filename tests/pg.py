@@ -112,8 +112,16 @@ class PgCluster(PgServer):
 
     def restart(self, down_s: float = 0.0) -> None:
         """Stop (fast: sessions are cut), stay down `down_s` (the outage), start on the same port."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.halt()
         time.sleep(down_s)  # the length of the outage under test, not a wait for anything
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server (fast: sessions are cut) and leave it down until `resume`."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the halted server again, on the same port."""
         self._pg_ctl_start()
 
     def stop(self) -> None:

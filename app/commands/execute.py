@@ -44,6 +44,7 @@ from app.commands.base import RunCommand
 from app.commands.session_base import SessionCommand
 from app.events import run as run_stream
 from app.events import session as session_stream
+from app.events.lease import OwnLease
 from app.events.store import EventStore
 from app.events.writer import EventWriter
 
@@ -112,8 +113,11 @@ class Executor:
         self._conflicted: set[UUID] = set()  # streams another writer appended to under us
         # a shared store: a run's last submission, so its end can wait to know it was not overtaken
         self._shared = bool(getattr(store, "url", ""))
-        self._last_submitted: dict[UUID, asyncio.Future[int]] = {}
+        # ... and the lease epoch it began in (a lapse of the lease since makes it suspect)
+        self._last_submitted: dict[UUID, tuple[asyncio.Future[int], int]] = {}
         self._retries: set[asyncio.Task[Any]] = set()
+        # a shared store: this instance's lease (set by its liveness); None until it holds one
+        self.own_lease: OwnLease | None = None
 
     async def execute(self, cmd: Command, *, durable: bool = False) -> tuple[DomainEvent, ...]:
         decide, kind = _DECIDERS[type(cmd)]
@@ -130,7 +134,8 @@ class Executor:
             done = self._writer.submit(events, durable=durable)
             if self._shared and kind.cache:
                 if stream_id in self._live:
-                    self._last_submitted[stream_id] = done
+                    _, began = self._last_submitted.get(stream_id, (done, self._lease_epoch()))
+                    self._last_submitted[stream_id] = (done, began)
                 else:  # finished: nothing will ask
                     self._last_submitted.pop(stream_id, None)
             if not durable:  # the outbox keeps them until the store takes them: the cache is right
@@ -185,19 +190,35 @@ class Executor:
         self._conflicted |= stream_ids
 
     async def closed_elsewhere(self, run_id: UUID) -> bool:
-        """True when another writer finished this run (e.g. a sweeper while we were paused).
+        """True when another instance finished this run (its sweep, after this instance's
+        lease lapsed while it was paused or cut off from the store).
 
-        Only a run that met a conflict is read again. On a shared store the run's last
-        append is waited for first (a conflict shows when the store refuses it); on the
-        embedded store no other instance exists and nothing is waited for.
+        No store round trip on the hot path: another writer's append to a run shows up
+        as the writer's refusal of ours (`on_conflict`), and only such a run is read
+        again. The run's last append is waited for only when a sweep could have closed
+        the run: this instance's lease is not surely held (`own_lease`), or lapsed since
+        the run began, and the store is taking writes. While the store fails, the outbox
+        keeps the events and waiting would only stall the answer; should they be refused
+        later, the writer drops the whole stale chain: never a second terminal event.
         """
         last = self._last_submitted.pop(run_id, None)
-        if last is not None and not last.done():  # settle our own appends first: then we know
-            await asyncio.wait({last}, timeout=10)
+        if last is not None and self._may_have_been_swept(began=last[1]):
+            await self._writer.landed(last[0], timeout=self._writer.unavailable_wait_s)
         if run_id not in self._conflicted:
             return False
         self._conflicted.discard(run_id)
         return (await self.state_of(run_id)).finished
+
+    def _may_have_been_swept(self, began: int) -> bool:
+        """Only on a shared store, and only if this instance's lease may have expired since
+        the run began (it is not surely held now, or it lapsed in between: a pause)."""
+        if not self._shared:
+            return False
+        lease = self.own_lease
+        return lease is None or not lease.surely_held() or lease.epoch != began
+
+    def _lease_epoch(self) -> int:
+        return self.own_lease.epoch if self.own_lease is not None else -1
 
     def live_runs(self) -> list[run_stream.RunState]:
         return list(self._live.values())

@@ -36,6 +36,20 @@ _SCHEMA_LOCK = zlib.crc32(b"bmo schema")  # an advisory lock key: creating table
 Listener = Callable[[str, str], None]  # (channel, payload), called on the listener thread
 
 
+# A server that went away without closing its sockets (a network cut, a host gone) would
+# leave connections waiting on the kernel for many minutes: a save, a lease renewal or a
+# read would hang instead of failing over to the outbox. These make libpq give up within
+# seconds: on connecting, on unacknowledged writes, and on a silent idle connection.
+CONNECTION_TIMEOUTS: dict[str, Any] = {
+    "connect_timeout": 2,
+    "tcp_user_timeout": 5000,  # ms
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+}
+
+
 # Liveness: each instance holds a lease it renews; each open run has an owner row,
 # written in the same transaction as the run's own events (see _OwningRecorder).
 LIVENESS_SCHEMA = """
@@ -65,6 +79,16 @@ class _OwningRecorder(PostgresApplicationRecorder):
     """
 
     instance_id = ""  # set per store object once constructed
+
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        """Before eventsourcing's own init: it opens the pool, whose first connections
+        must already carry the timeouts."""
+        datastore.pool.kwargs.update(CONNECTION_TIMEOUTS)
+        # psycopg_pool retries a lost connection with doubling delays for 5 minutes: after a
+        # server restart the pool could stay short for a minute. Giving up after a few
+        # seconds lets the pool grow again on demand, starting from a 1 s delay.
+        datastore.pool.reconnect_timeout = 5.0
+        super().__init__(datastore, **kwargs)
 
     def insert_events(self, stored_events: Any, **kwargs: Any) -> Any:
         """One attempt. eventsourcing retries ten times, each waiting for a connection:
@@ -131,10 +155,6 @@ class PostgresEventStore(EventStore):
         self.instance_id = instance_id
         self._app = _BmoApplication(env=_environment(url))
         self._app.recorder.instance_id = instance_id  # type: ignore[attr-defined]
-        # psycopg_pool retries a lost connection with doubling delays for 5 minutes: after a
-        # server restart the pool could stay short for a minute. Giving up after a few seconds
-        # lets the pool grow again on demand, starting from a 1 s delay.
-        self._datastore().pool.reconnect_timeout = 5.0
         with schema_lock(url) as conn:
             conn.execute(LIVENESS_SCHEMA)
             self._app.recorder.create_table()  # type: ignore[attr-defined]
@@ -166,11 +186,14 @@ class PostgresEventStore(EventStore):
             )
 
     def abandoned_runs(self) -> list[str]:
-        """Open runs whose owner's lease has expired (or whose owner never held one)."""
+        """Open runs whose owner's lease has expired (or whose owner never held one); never
+        this instance's own (it is alive, whatever its lease row says after an outage)."""
         with self._cursor() as cur:
             cur.execute(
                 "SELECT o.run_id FROM bmo_run_owners o LEFT JOIN bmo_instances i USING (instance_id) "
-                "WHERE i.instance_id IS NULL OR i.expires_at < now() ORDER BY o.run_id"
+                "WHERE (i.instance_id IS NULL OR i.expires_at < now()) AND o.instance_id <> %s "
+                "ORDER BY o.run_id",
+                (self.instance_id,),
             )
             return [row["run_id"] for row in cur.fetchall()]
 
@@ -207,7 +230,7 @@ class PostgresEventStore(EventStore):
         backoff = 0.1
         while not self._closed.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self.url, autocommit=True, **CONNECTION_TIMEOUTS) as conn:
                     for channel in {c for channels, _ in self._listeners for c in channels}:
                         conn.execute(SQL("LISTEN {}").format(Identifier(channel)))
                     backoff = 0.1

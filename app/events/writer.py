@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
@@ -77,6 +78,7 @@ class EventWriter:
     _pending: list[_Submission] = field(default_factory=list)
     _held: int = 0  # events in _pending (kept as a count: summing per submit is quadratic)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _failing: asyncio.Event = field(default_factory=asyncio.Event)  # set while degraded
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _saving: asyncio.Future[int] | None = None
@@ -101,6 +103,19 @@ class EventWriter:
         self._wake.set()
         return done
 
+    async def landed(self, done: asyncio.Future[int], timeout: float) -> bool:
+        """Wait until the submission `done` was saved or refused, unless the store is failing
+        (then its events wait in the outbox and waiting would only stall the caller).
+        True when it is settled."""
+        if not done.done() and not self.state.degraded:
+            failing: asyncio.Future[Any] = asyncio.ensure_future(self._failing.wait())
+            waiting: set[asyncio.Future[Any]] = {done, failing}
+            try:
+                await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                failing.cancel()
+        return done.done()
+
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is saved (or timeout)."""
         try:
@@ -108,6 +123,26 @@ class EventWriter:
         except TimeoutError:
             return False
         return True
+
+    async def saved_through(self, timeout: float | None = None) -> int:
+        """The store position that covers everything submitted before this call, once saved.
+
+        Unlike `flush`, later submissions are not waited for: under steady traffic the
+        writer is never idle, and a reader that only needs to see what happened before
+        it asked would otherwise wait behind every later write. A failing store is not
+        waited for either (its outbox is retried in the background; the degraded flag
+        says so). Returns at `timeout` with what was saved by then.
+        """
+        position = self.position
+        if self.state.degraded:
+            return position
+        waiting = [s.done for s in self._pending if not s.done.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        for done in waiting:
+            if done.done() and not done.cancelled() and done.exception() is None:
+                position = max(position, done.result())
+        return position
 
     async def close(self, timeout: float = 5.0) -> None:
         await self.flush(timeout)
@@ -202,6 +237,7 @@ class EventWriter:
             self.state.flushed_after_failure += flushed
             self.state.incident_flushed = flushed
             self.state.degraded = False
+            self._failing.clear()
             self.on_recovered(self.state)
             self.state.incident_overflowed = 0
         self._remove(batch)
@@ -219,6 +255,7 @@ class EventWriter:
 
     def _record_failure(self, batch: list[_Submission], exc: Exception) -> None:
         self.state.degraded = True
+        self._failing.set()
         self.state.failures += 1
         self.state.last_error = f"{type(exc).__name__}: {exc}"
         unreported = [s for s in batch if not s.reported]

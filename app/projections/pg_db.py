@@ -10,12 +10,14 @@ operations get their PostgreSQL spelling in `apply_pg_ops`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 
+from app.events.postgres_store import CONNECTION_TIMEOUTS
 from app.projections.counts import COUNTS_SCHEMA
 from app.projections.permissions import PERMISSIONS_SCHEMA
 from app.projections.rows import Increment, Insert, RowOp, Update, UpdateWhere
@@ -32,6 +34,7 @@ __all__ = [
     "translate",
 ]
 
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0  # a read connection's retries while the server is away
 PROJECTED_CHANNEL = "bmo_projected"  # NOTIFYd with the new position by each projector step
 TRACKING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
@@ -94,12 +97,19 @@ class PgReadConn:
     """A sqlite3-shaped connection: `execute(sql, params)` returns an iterable cursor.
 
     Autocommit, one statement at a time (reads); reconnects once if the server
-    restarted under it.
+    restarted under it. Its callers read on the event loop's thread, so while the
+    server is away it must not make every read wait for a connection attempt: after
+    a failed one it fails at once (the same error) until a retry is due, backing off
+    from 0.5 s to 5 s, and libpq's own waits are cut to seconds (`CONNECTION_TIMEOUTS`).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._url = url
         self._conn: psycopg.Connection[Any] | None = None
+        self._clock = clock
+        self._retry_at = 0.0
+        self._backoff = RETRY_MIN_S
+        self._last_error = ""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         for attempt in (1, 2):
@@ -114,10 +124,24 @@ class PgReadConn:
 
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self._url, autocommit=True, row_factory=_row_factory, connect_timeout=5
-            )
+            self._conn = self._connect()
         return self._conn
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        now = self._clock()
+        if now < self._retry_at:
+            raise psycopg.OperationalError(f"the store is unreachable ({self._last_error})")
+        try:
+            conn = psycopg.connect(
+                self._url, autocommit=True, row_factory=_row_factory, **CONNECTION_TIMEOUTS
+            )
+        except psycopg.OperationalError as exc:
+            self._last_error = str(exc).strip() or type(exc).__name__
+            self._retry_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+            raise
+        self._backoff = RETRY_MIN_S
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:

@@ -7,6 +7,7 @@ This test restarts the server, so it starts a PostgreSQL cluster of its own
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,9 +32,18 @@ def own_cluster() -> Iterator[PgCluster]:
 MAX_REQUESTS = 2000  # about 12,000 events: well inside the outbox
 
 
-def chat(server: BmoServer, client: httpx.Client, text: str) -> httpx.Response:
-    body = {"model": "bmo/local", "messages": [{"role": "user", "content": text}]}
+def chat(server: BmoServer, client: httpx.Client, text: str, stream: bool = False) -> httpx.Response:
+    body = {"model": "bmo/local", "messages": [{"role": "user", "content": text}], "stream": stream}
     return client.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers)
+
+
+def whole(response: httpx.Response) -> int:
+    """The status, or 599 for a stream that did not end cleanly (an error event, no `[DONE]`)."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        text = response.text
+        if '"error"' in text or not text.endswith("data: [DONE]\n\n"):
+            return 599
+    return response.status_code
 
 
 @pytest.mark.parametrize("down_s", [0.0, 4.0], ids=["restart", "4s-outage"])
@@ -95,3 +105,95 @@ def test_a_postgres_restart_under_load_loses_no_event(
             types = [e["type"] for e in run_events(server, request_id)]
             assert types[0] == "Fired" and types.count("Finished") == 1 and types[-1] == "Finished"
         server.stop()
+
+
+OUTAGE_ANSWERS = 40  # answers the clients must get while the server is away
+ANSWER_BOUND_S = 5.0  # each of them within this (a `bmo/local` answer takes milliseconds)
+SHORT_LEASE_S = 2.0
+
+
+@pytest.mark.parametrize("instances", [1, 2], ids=["one-instance", "two-instances"])
+def test_a_long_outage_keeps_answering_at_a_steady_rate_and_loses_nothing(
+    make_server: Callable[..., BmoServer], own_cluster: PgCluster, tmp_path: Path, instances: int
+) -> None:
+    """PostgreSQL stays down until the clients have had many answers and every instance's
+    lease has long lapsed: answers keep coming, streamed or not, each promptly (no request
+    waits on the store), and when the server is back the outboxes flush, nothing is lost and every run
+    ends once, with its own outcome (no sweep takes the outage for an instance's death)."""
+    with database_url(own_cluster) as url:
+        config_text = f"[options.store]\nlease_s = {SHORT_LEASE_S}\n"
+        servers = [
+            make_server(
+                data_dir=tmp_path / f"data-{i}", extra_env={"BMO_STORE_URL": url}, config_text=config_text
+            )
+            for i in range(instances)
+        ]
+        answered: list[tuple[int, str, float, float]] = []  # status, request id, sent at, took
+        stop = threading.Event()
+
+        def load(i: int) -> None:
+            server = servers[i % len(servers)]
+            with httpx.Client(timeout=60) as client:
+                while not stop.is_set() and len(answered) < MAX_REQUESTS:
+                    sent = time.monotonic()
+                    response = chat(server, client, "list files" if i % 4 < 2 else "hello", stream=i % 2 == 1)
+                    took = time.monotonic() - sent
+                    request_id = response.headers.get("x-request-id", "")
+                    answered.append((whole(response), request_id, sent, took))
+
+        threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(answered) >= 20, what="load running")
+        own_cluster.halt()
+        down_at = time.monotonic()
+        try:
+            # the outage lasts until the clients had their answers and well past the lease
+            # (the outage under test; each condition is waited for, not slept for)
+            def sent_while_down() -> list[tuple[int, str, float, float]]:
+                return [a for a in list(answered) if a[2] >= down_at]
+
+            wait_until(
+                lambda: len(sent_while_down()) >= OUTAGE_ANSWERS or len(answered) >= MAX_REQUESTS,
+                timeout=60,
+                what=f"{OUTAGE_ANSWERS} answers while PostgreSQL is down",
+            )
+            wait_until(lambda: time.monotonic() - down_at > 3 * SHORT_LEASE_S, what="the lease lapsed")
+            during = sent_while_down()
+        finally:
+            own_cluster.resume()
+        assert len(during) >= OUTAGE_ANSWERS, f"only {len(during)} answers while the server was away"
+        slow = [round(took, 2) for _, _, _, took in during if took > ANSWER_BOUND_S]
+        assert not slow, f"answers during the outage took {slow} s"
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+        assert {status for status, *_ in answered} == {200}, "a chat request failed during the outage"
+        ids = {request_id for _, request_id, *_ in answered}
+        assert len(ids) == len(answered)
+
+        def ledger() -> dict[str, str]:
+            with psycopg.connect(url) as conn:
+                rows = conn.execute(
+                    "SELECT request_id, outcome FROM openai_compat_runs WHERE route = 'chat_completions'"
+                ).fetchall()
+            return dict(rows)
+
+        wait_until(lambda: set(ledger()) == ids, timeout=60, what="every answered request in the ledger")
+        assert set(ledger().values()) == {"final_answer"}, "a live instance's run was closed by a sweep"
+        with psycopg.connect(url) as conn:
+            finished = conn.execute(
+                "SELECT count(*), count(DISTINCT originator_id) FROM bmo_events "
+                "WHERE topic = 'app.events.run:Finished'"
+            ).fetchone()
+        assert finished[0] == finished[1] == len(ids)  # one terminal event per run
+        for server in servers:
+            recovered = [r for r in server.records() if r["msg"] == "openai_compat.persistence_recovered"]
+            assert recovered and recovered[0]["flushed_events"] > 0
+            assert recovered[0]["overflowed_events"] == 0
+            wait_until(
+                lambda server=server: not get(server, "/v1/openai-compat/posture")["ledger"]["degraded"],
+                what="not degraded",
+            )
+            server.stop()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
 from app.commands import FinishRun, FireRun, StartRun
 from app.commands.execute import Executor
+from app.events.lease import OwnLease
 from app.events.run import Finished, Fired, RunState
 from app.events.store import EventStore, open_event_store
 from app.events.writer import EventWriter
@@ -234,3 +236,71 @@ def test_every_store_connection_commits_without_an_fsync_each(tmp_path: Path) ->
         assert modes == [1, 1, 1]  # 1 = NORMAL (2 = FULL)
     finally:
         store.close()
+
+
+class SlowStore(EventStore):
+    """The real store, whose saves wait until released (a slow or failing server)."""
+
+    url = "postgresql://shared"  # as a shared store: other instances could close its runs
+    failing = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+
+    def save(self, events):  # type: ignore[no-untyped-def]
+        if self.failing:
+            raise sqlite3.OperationalError("connection refused")
+        self.release.wait(30)
+        return super().save(events)
+
+
+async def _fired_run(executor: Executor) -> UUID:
+    run_id = uuid4()
+    await executor.execute(fire_cmd(run_id))
+    await executor.execute(StartRun(run_id=run_id, at=now(), model="bmo/local", message_count=1))
+    return run_id
+
+
+def test_an_answer_waits_for_its_last_append_only_when_its_run_may_have_been_swept(tmp_path: Path) -> None:
+    """No store round trip per answer while this instance's lease is surely held; after a
+    lapse, the last append is waited for (a refusal would show a sweep) unless the store is
+    failing, when waiting would only stall the answer."""
+    store = SlowStore(tmp_path / "events.db")
+    clock = [100.0]
+
+    async def scenario() -> None:
+        writer = EventWriter(store, unavailable_wait_s=30)
+        writer.start()
+        executor = Executor(store, writer)
+        lease = OwnLease(4.0, clock=lambda: clock[0])
+        executor.own_lease = lease
+        lease.renewed(lease.asked())
+
+        held = await _fired_run(executor)  # lease held, same epoch: answered at once
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert not await executor.closed_elsewhere(held)
+        assert loop.time() - started < 1.0 and store.max_notification_id() == 0  # nothing saved yet
+
+        suspect = await _fired_run(executor)
+        clock[0] += 30.0  # paused past the lease, then renewed: a new epoch
+        lease.renewed(lease.asked())
+        waiting = asyncio.ensure_future(executor.closed_elsewhere(suspect))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # it waits for the append to land
+        store.release.set()
+        assert not await asyncio.wait_for(waiting, 10)
+        assert [type(e) for e in store.stream(suspect)][:1] == [Fired]
+
+        store.failing = True  # the server is away, and the lease lapses
+        away = await _fired_run(executor)
+        clock[0] += 30.0
+        started = loop.time()
+        assert not await executor.closed_elsewhere(away)
+        assert loop.time() - started < 5.0  # the failure ended the wait, not the 30 s bound
+        store.failing = False
+        assert await writer.flush(10)
+        await writer.close()
+
+    asyncio.run(scenario())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import random
 import time
 from collections.abc import Callable
@@ -37,7 +38,13 @@ DELAY_MS = (700, 1200)  # per piece: a stream lasts ~5.6-9.6 s upstream
 SESSION_EVERY = 5  # every fifth client binds a session (admission is a durable write)
 TIMELINE_SAMPLE = 40
 RSS_BOUND_MB = 600
-PROBE_P99_BOUND_MS = 5000  # generous: shared 2-core machine, settle alone may wait 1 s
+PROBE_P99_BOUND_MS = 5000  # the /healthz control: generous, a shared 2-core machine
+# Operator reads (posture, ledger) must not wait behind the streams' writes: target p99 50 ms,
+# reported with the machine's load and the /healthz control, not asserted. On a shared 2-core
+# machine at load 10+ the projector itself falls behind and reads wait for it; the idle-writer
+# wait this target exposed is guarded by tests/integration/test_settle_under_load.py.
+READ_P99_TARGET_MS = 50
+READ_P99_BOUND_MS = PROBE_P99_BOUND_MS
 STEADY_MIN_OPEN = 0.95 * CLIENTS
 
 
@@ -94,6 +101,7 @@ def test_500_concurrent_streams(
         tree = h.ProcessTree(server.proc.pid)
         assert tree.workers(), "no granian worker found"
         gauge = [0]
+        load_start = os.getloadavg()[0]  # other jobs on the machine: beside every latency figure
         prober = h.Prober(server, load_seconds, tmp_path / "probe.json")
         try:
             with h.Sampler(tree, gauge=lambda: gauge[0], data_dir=server.data_dir) as sampler:
@@ -162,6 +170,10 @@ def test_500_concurrent_streams(
                 "projector_lag_max_events": max(sampler.lag, default=0),
                 "projector_lag_p50_events": h.percentile(sampler.lag, 50),
                 "probes": probes,
+                "read_p99_target_ms": READ_P99_TARGET_MS,
+                "read_p99_met": all(probes[n]["p99_ms"] <= READ_P99_TARGET_MS for n in ("posture", "runs")),
+                "loadavg_1m_start": round(load_start, 2),
+                "loadavg_1m_end": round(os.getloadavg()[0], 2),
                 "failures": {str(k): v for k, v in failures.most_common(5)},
             },
         )
@@ -182,7 +194,8 @@ def test_500_concurrent_streams(
             statuses_seen = set(probe[f"{name}_status"])
             assert statuses_seen == {200}, (name, statuses_seen)
             assert p["n"] >= 3
-            assert p["p99_ms"] < PROBE_P99_BOUND_MS, (name, p)
+            bound = PROBE_P99_BOUND_MS if name == "healthz" else READ_P99_BOUND_MS
+            assert p["p99_ms"] < bound, (name, p)
 
 
 async def _more_turns(server: BmoServer, clients: list[int]) -> list[h.StreamResult]:
