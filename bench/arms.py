@@ -71,11 +71,13 @@ def _granian(target: str, port: int) -> list[str]:
 
 
 def start_mock(
-    procs: Procs, name: str, netns: Netns | None = None, port: int | None = None
+    procs: Procs, name: str, netns: Netns | None = None, port: int | None = None, pin: str = ""
 ) -> tuple[int, int]:
-    """A mock upstream (in the namespace if given); (port, pid)."""
+    """A mock upstream (in the namespace if given, on the `pin` CPUs if given); (port, pid)."""
     port = port or free_port()
     prefix = netns.prefix if netns else []
+    if pin:
+        prefix = ["taskset", "-c", pin, *prefix]
     # granian's backpressure (default: backlog, 1024) is a per-connection permit: idle keep-alive
     # connections from the gateways would otherwise cap the many-open-streams test below 1000.
     argv = [*_granian("bench.mock_upstream:app", port), "--backlog", "4096", "--backpressure", "8192"]
@@ -126,20 +128,42 @@ def _bmo_toml(mock_port: int, otlp_port: int | None) -> str:
     return text
 
 
-def start_bmo(procs: Procs, mock_port: int, work: Path, otlp_port: int | None) -> Arm:
-    home = work / "bmo"
+def start_bmo(
+    procs: Procs,
+    mock_port: int,
+    work: Path,
+    otlp_port: int | None,
+    *,
+    tree: Path | None = None,
+    name: str = "bmo",
+    workers: int = 1,
+) -> Arm:
+    """`bmo serve` on the mock; from another checkout's `app/` when `tree` is given (its
+    own home and data dir under `work/name`), so two versions can be measured in one run."""
+    home = work / name
     (home / "config").mkdir(parents=True, exist_ok=True)
     data = home / "data"  # fresh per run of the harness
     (home / "bmo.toml").write_text(_bmo_toml(mock_port, otlp_port))
     port = free_port()
     env = {**os.environ, "BMO_GLOBAL_DATA": str(data), "BMO_GLOBAL_CONFIG": str(home / "config")}
     env.pop("BMO_AUTH_TOKEN", None)
-    bmo = shutil.which("bmo") or str(Path(sys.executable).with_name("bmo"))
-    argv = [bmo, "serve", "--addr", f"127.0.0.1:{port}", "--auth-token", BMO_TOKEN]
-    proc = procs.spawn("bmo", argv, cwd=home, env=env)
-    wait_http(port, path="/v1/models", proc=proc, timeout=60)
     notes = [] if otlp_port else ["OTel off: tests/fakes/otlp_receiver.py not found"]
-    return Arm("bmo", port, "mock/mock-model", BMO_TOKEN, [proc.pid], data_dir=data, notes=notes)
+    # `python -m app` imports this checkout's (or the other one's) package, not an installed one
+    env["PYTHONPATH"] = str((tree or REPO).resolve())
+    if tree is not None:
+        notes.append(f"app/ from {tree.resolve()} ({_git_head(tree)})")
+    argv = [sys.executable, "-m", "app", "serve", "--addr", f"127.0.0.1:{port}", "--auth-token", BMO_TOKEN]
+    argv += ["--workers", str(workers)]
+    proc = procs.spawn(name, argv, cwd=home, env=env)
+    wait_http(port, path="/v1/models", proc=proc, timeout=60)
+    return Arm(name, port, "mock/mock-model", BMO_TOKEN, [proc.pid], data_dir=data, notes=notes)
+
+
+def _git_head(tree: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(tree), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip()[:80] or "not a git checkout"
 
 
 def start_netns(procs: Procs) -> Netns | None:

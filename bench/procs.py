@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,8 +22,11 @@ from pathlib import Path
 __all__ = [
     "CpuSample",
     "Procs",
+    "by_role",
     "free_port",
+    "process_role",
     "process_tree",
+    "roles_cpu_seconds",
     "tree_cpu_seconds",
     "tree_rss_mb",
     "wait_http",
@@ -207,6 +211,60 @@ def tree_cpu_seconds(roots: Iterable[int]) -> CpuSample:
         fields = stat[stat.rindex(")") + 2 :].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return CpuSample(ticks / CLK_TCK, tuple(pids))
+
+
+def process_role(pid: int) -> str:
+    """What a process of bmo's tree is, from its command line: worker-N, projector, guard or main.
+
+    `bmo serve` execs granian, whose processes retitle themselves (`... worker-1`);
+    the projector is `python -m app projections run`; the tool-process guard is
+    `process_guard.py`. The tree's root (and anything else) counts as main.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "main"
+    if "projections run" in cmdline:
+        return "projector"
+    if "process_guard" in cmdline:
+        return "guard"
+    match = re.search(r" (worker-\d+)", cmdline)
+    return match.group(1) if match else "main"
+
+
+def by_role(per_process: dict[str, float]) -> dict[str, float]:
+    """`roles_cpu_seconds`' figures with the workers summed as `worker` (others as they are)."""
+    out: dict[str, float] = {}
+    for role, value in per_process.items():
+        key = "worker" if role.startswith("worker-") else role
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def roles_cpu_seconds(roots: Iterable[int]) -> dict[str, float]:
+    """utime+stime per role (`process_role`) over the trees, in seconds.
+
+    Only live processes count (as in `tree_cpu_seconds`): a worker that exited
+    between two samples takes its CPU with it, which a respawn would show as a drop.
+    """
+    out: dict[str, float] = {}
+    for root in roots:
+        for pid in process_tree(root):
+            ticks = _cpu_ticks(pid)
+            if ticks is None:
+                continue
+            role = process_role(pid)
+            out[role] = out.get(role, 0.0) + ticks / CLK_TCK
+    return out
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
 
 
 def tree_rss_mb(roots: Iterable[int]) -> float:

@@ -18,10 +18,11 @@ from bench.stats import median
 __all__ = ["write_report"]
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("direct", "bmo", "bare", "litellm")
+ARMS = ("direct", "bmo", "bmo_before", "bare", "litellm")
 LABELS = {
     "direct": "direct (mock)",
     "bmo": "bmo",
+    "bmo_before": "bmo (before)",
     "bare": "bare pass-through",
     "litellm": "LiteLLM",
 }
@@ -120,7 +121,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def present_arms(results: dict[str, Any]) -> list[str]:
-    return [a for a in ARMS if a in results["arms"]]
+    """The known arms in their order, then any other arm of the run (e.g. one a later module adds)."""
+    known = [a for a in ARMS if a in results["arms"]]
+    return known + [a for a in results["arms"] if a not in ARMS]
 
 
 HEADLINE: list[tuple[str, str, Getter, Getter | None, bool]] = [
@@ -166,7 +169,7 @@ def headline(results: dict[str, Any]) -> str:
     if idle:
         cells = [fmt(idle[a]["cores"] * 100) if a in idle else "–" for a in arms]
         rows.append(["CPU while idle, before the metrics (% of a core)", *cells, "", ""])
-    header = ["metric (median of rounds)", *(LABELS[a] for a in arms), "bmo / LiteLLM", "bmo / bare"]
+    header = ["metric (median of rounds)", *(LABELS.get(a, a) for a in arms), "bmo / LiteLLM", "bmo / bare"]
     return table(header, rows)
 
 
@@ -190,11 +193,11 @@ def detail_wrk(results: dict[str, Any], key: str) -> str:
     for arm in present_arms(results):
         rps = values(results, key, arm, RPS)
         if not any(v is not None for v in rps):
-            rows.append([LABELS[arm], *(["–"] * 6), _errors(metric, arm)])
+            rows.append([LABELS.get(arm, arm), *(["–"] * 6), _errors(metric, arm)])
             continue
         rows.append(
             [
-                LABELS[arm],
+                LABELS.get(arm, arm),
                 both(rps),
                 both(values(results, key, arm, P50)),
                 both(values(results, key, arm, P99)),
@@ -206,6 +209,54 @@ def detail_wrk(results: dict[str, Any], key: str) -> str:
         )
     header = ["arm", "RPS", "p50 ms", "p99 ms", "CPU ms/req", "RSS MB", "events/s (per req)", "errors"]
     return f"**{metric['title']}**, {metric['duration']:.0f} s per run\n\n" + table(header, rows)
+
+
+PROCESS_KEYS = ("ns_c1", "ns_c32", "st_c32")
+
+
+def detail_processes(results: dict[str, Any]) -> str:
+    """CPU ms per request of each bmo process (median of rounds): where a regression landed."""
+    rows = []
+    for key in PROCESS_KEYS:
+        metric = _metric(results, key)
+        if metric is None or not metric["rounds"]:
+            continue
+        for arm in [a for a in present_arms(results) if a == "bmo" or a.startswith("bmo_")]:
+            roles = sorted({r for rnd in metric["rounds"] for r in _by_process(rnd.get(arm) or {})})
+            cells = []
+            for role in roles:
+                value = med(values(results, key, arm, g("cpu_ms_per_req_by_process", role)))
+                cells.append(f"{role} {fmt(value)}")
+            total = med(values(results, key, arm, CPU))
+            rows.append([metric["title"], LABELS.get(arm, arm), fmt(total), " · ".join(cells) or "–"])
+    if not rows:
+        return "_no per-process figures in this run._"
+    return table(["run", "arm", "CPU ms/req (tree)", "by process (ms/req)"], rows)
+
+
+def _by_process(run: dict[str, Any]) -> dict[str, float]:
+    return run.get("cpu_ms_per_req_by_process") or {}
+
+
+def _workers_text(plan: dict[str, Any]) -> str:
+    workers = plan.get("workers", 1)
+    pinned = plan.get("pin_load") or ""
+    if workers <= 1:
+        return (
+            "`--workers 2` scaling is not part of this run (`python -m bench.run --workers 2 --pin-load 0`\n"
+            "measures it; see bench/README.md for what two cores can and cannot show)."
+        )
+    where = (
+        f"the mock and every load tool were pinned to CPU {pinned} (`taskset`), the servers were not"
+        if pinned
+        else "the load tools and the mock shared the cores with the servers (not pinned)"
+    )
+    return (
+        f"bmo ran with `--workers {workers}`; {where}. On a 2-core machine this cannot show scaling: "
+        "the second worker competes with the load generator and the mock for the same cores. What it does "
+        "show is each worker's CPU per request of the run (per-process table: the parts add up), whose "
+        "sum must stay at one worker's figure as workers are added."
+    )
 
 
 def _events(results: dict[str, Any], key: str, arm: str) -> str:
@@ -234,7 +285,7 @@ def detail_ttft(results: dict[str, Any], key: str) -> str:
     for arm in present_arms(results):
         rows.append(
             [
-                LABELS[arm],
+                LABELS.get(arm, arm),
                 both(values(results, key, arm, TTFT50)),
                 both(values(results, key, arm, TTFT99)),
                 both(values(results, key, arm, TTLB50)),
@@ -269,11 +320,12 @@ def detail_sweep(results: dict[str, Any]) -> str:
             key = metric["key"]
             achieved = values(results, key, arm, g("achieved_rps"))
             if not any(v is not None for v in achieved):
-                rows.append([LABELS[arm], fmt(metric["rate"]), "saturated below / skipped", *[""] * 5])
+                name = LABELS.get(arm, arm)
+                rows.append([name, fmt(metric["rate"]), "saturated below / skipped", *[""] * 5])
                 continue
             rows.append(
                 [
-                    LABELS[arm],
+                    LABELS.get(arm, arm),
                     fmt(metric["rate"]),
                     both(achieved),
                     both(values(results, key, arm, g("latency_ms", "p50"))),
@@ -368,7 +420,7 @@ def detail_hold(results: dict[str, Any]) -> str:
             continue
         rows.append(
             [
-                LABELS[arm],
+                LABELS.get(arm, arm),
                 both(values(results, "hold", arm, g("requests"))),
                 both(values(results, "hold", arm, g("upstream_max_held"))),
                 both(values(results, "hold", arm, g("max_open"))),
@@ -542,7 +594,7 @@ def plots(results: dict[str, Any], img: Path) -> list[str]:
                     xs.append(c)
                     ys.append(value)
             if xs:
-                ax.plot(xs, ys, marker="o", label=LABELS[arm])
+                ax.plot(xs, ys, marker="o", label=LABELS.get(arm, arm))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks([1, 8, 32, 64], labels=["1", "8", "32", "64"])
@@ -575,8 +627,9 @@ def _plot_sweep(results: dict[str, Any], img: Path, plt: Any) -> bool:
                 p50.append(a)
                 p99.append(b)
         if xs:
-            line = ax.plot(xs, p50, marker="o", label=f"{LABELS[arm]} p50")[0]
-            ax.plot(xs, p99, marker="x", linestyle="--", color=line.get_color(), label=f"{LABELS[arm]} p99")
+            name = LABELS.get(arm, arm)
+            line = ax.plot(xs, p50, marker="o", label=f"{name} p50")[0]
+            ax.plot(xs, p99, marker="x", linestyle="--", color=line.get_color(), label=f"{name} p99")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("offered load (req/s, open loop)")
@@ -625,6 +678,14 @@ def _load1(uptime: str) -> float | None:
         return None
 
 
+def _before_text(arms: dict[str, Any]) -> str:
+    before = arms.get("bmo_before")
+    if not before:
+        return ""
+    notes = "; ".join(before.get("notes", []))
+    return f"\n- **bmo (before)**: the same, with `app/` from another checkout (`--baseline-tree`): {notes}."
+
+
 def _setup(results: dict[str, Any]) -> str:
     arms, meta = results["arms"], results["meta"]
     otlp = meta.get("otlp")
@@ -639,7 +700,7 @@ def _setup(results: dict[str, Any]) -> str:
 - **bmo**: `bmo serve --addr 127.0.0.1:PORT --auth-token T` (1 granian worker + the projector process) in a
   temporary working directory whose `bmo.toml` sets `[options] model = "mock/mock-model"` and an `openai`
   provider `mock` pointing at the mock; a fresh `BMO_GLOBAL_DATA` (event store, read models, records) for the
-  run; ledger and records on, as users run it. {otel}
+  run; ledger and records on, as users run it. {otel}{_before_text(arms)}
 - **bare**: `bench/bare_proxy.py`, Litestar + granian (1 worker) + one `aiohttp.ClientSession` forwarding the
   raw body (no auth, no validation, no events; upstream pool limit 2,048): the ceiling for the stack bmo is
   built on.
@@ -723,7 +784,8 @@ use: add a few minutes that time), starts every server on 127.0.0.1 only, kills 
 (process groups, also on failure or SIGTERM) and rewrites this page and `docs/img/perf-*.png`.
 CI never runs it.
 Options: `--duration S` (headline runs), `--rounds N`, `--no-litellm`, `--limit S` (start no new run after S
-seconds; the run skips and lists whatever no longer fits).
+seconds; the run skips and lists whatever no longer fits), `--baseline-tree PATH` (a second bmo arm,
+`bmo (before)`, from another checkout, interleaved with the others), `--workers N`, `--pin-load CPUS`.
 
 This page was generated by that command; every number below comes from the one run described here.
 
@@ -742,8 +804,11 @@ arm's (for a pair, of the first value); for latency and CPU lower is better, for
 
 {targets_table(results)}
 
-`--workers 2` scaling is not measured: on this 2-core box wrk and the mock already use the second core
-(see `/work/shared/spec/performance-notes.md` §2), so a second worker cannot be judged here.
+{_workers_text(plan)}
+
+## CPU per process (bmo)
+
+{detail_processes(results)}
 
 ## Plots
 

@@ -9,6 +9,11 @@ own process group and is killed on exit, failure or SIGTERM. Traffic goes to
 
     python -m bench.run              # defaults: 10 s runs, 2 rounds, < 10 minutes
     python -m bench.run --quick      # a ~2-3 minute smoke run
+    python -m bench.run --baseline-tree /path/to/old/checkout   # adds the arm `bmo (before)`
+    python -m bench.run --workers 2 --pin-load 0                # see "Two workers" in bench/README.md
+
+Every bmo arm's CPU is also split by process (workers, projector, main), so a
+regression shows where it landed.
 """
 
 from __future__ import annotations
@@ -33,13 +38,20 @@ from typing import Any
 
 from bench import arms as arms_mod
 from bench.arms import PROBE_MODEL, REPO, Arm
-from bench.procs import Procs, tree_cpu_seconds, tree_rss_mb
+from bench.procs import Procs, roles_cpu_seconds, tree_cpu_seconds, tree_rss_mb
 from bench.setup_deps import ensure_all
 from bench.wrk import parse_wrk, write_script, wrk_argv
 
 __all__ = ["main"]
 
-ARM_ORDER = ("direct", "bmo", "bare", "litellm")
+ARM_ORDER = ("direct", "bmo", "bmo_before", "bare", "litellm")
+
+
+def is_bmo(name: str) -> bool:
+    """A `bmo serve` arm (bmo, bmo_before, or one a later module adds as bmo_*): CPU split by process."""
+    return name == "bmo" or name.startswith("bmo_")
+
+
 RESULTS = REPO / "bench" / "results" / "latest.json"
 
 
@@ -57,6 +69,9 @@ class Plan:
     hold_ms: int
     limit_s: float  # stop starting new work after this many seconds
     litellm: bool
+    workers: int = 1  # `bmo serve --workers`
+    baseline_tree: str = ""  # a second bmo arm from this checkout ("bmo (before)")
+    pin_load: str = ""  # taskset CPU list for the mock and every load tool ("" = not pinned)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -74,6 +89,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             hold_ms=2500,
             limit_s=args.limit,
             litellm=not args.no_litellm,
+            **_options(args),
         )
     duration = args.duration or 10.0
     return Plan(
@@ -89,7 +105,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
         hold_ms=5000,
         limit_s=args.limit,
         litellm=not args.no_litellm,
+        **_options(args),
     )
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    tree = str(args.baseline_tree.resolve()) if args.baseline_tree else ""
+    return {"workers": args.workers, "baseline_tree": tree, "pin_load": args.pin_load}
 
 
 @dataclass
@@ -164,16 +186,24 @@ def measure(
         peak[0] = max(peak[0], tree_rss_mb(arm.roots))
 
     events_before = count_events(arm)
+    roles_before = roles_cpu_seconds(arm.roots) if is_bmo(arm.name) else {}
     cpu_before = tree_cpu_seconds(arm.roots).seconds
     wall_start = time.monotonic()
-    outs = h.procs.run_tools([argv] + ([side] if side else []), cwd=REPO, timeout=timeout, on_tick=tick)
+    argvs = [_pinned(h, argv)] + ([_pinned(h, side)] if side else [])
+    outs = h.procs.run_tools(argvs, cwd=REPO, timeout=timeout, on_tick=tick)
     wall = time.monotonic() - wall_start
     cpu = tree_cpu_seconds(arm.roots).seconds - cpu_before
+    roles_after = roles_cpu_seconds(arm.roots) if is_bmo(arm.name) else {}
     result = parse(outs[0])
     requests = int(result.get("requests", 0))
     result["cpu_s"] = cpu
     result["cpu_ms_per_req"] = cpu * 1000 / requests if requests else math.nan
     result["cpu_util"] = cpu / wall if wall else math.nan
+    if roles_after:  # per process: worker-1, worker-2 ..., projector, main (ms per request)
+        result["cpu_ms_per_req_by_process"] = {
+            role: (seconds - roles_before.get(role, 0.0)) * 1000 / requests if requests else math.nan
+            for role, seconds in sorted(roles_after.items())
+        }
     result["rss_end_mb"] = tree_rss_mb(arm.roots)
     result["rss_peak_mb"] = max(peak[0], result["rss_end_mb"])
     if side:
@@ -185,6 +215,11 @@ def measure(
         result["events_per_req"] = appended / requests if requests else math.nan
         result["events_per_s"] = appended / result["seconds"] if result.get("seconds") else math.nan
     return result
+
+
+def _pinned(h: Harness, argv: list[str]) -> list[str]:
+    """The load tool on the `--pin-load` CPUs, so it does not compete with the server for the others."""
+    return ["taskset", "-c", h.plan.pin_load, *argv] if h.plan.pin_load else argv
 
 
 def _tool(arm: Arm, module: str, *extra: str) -> list[str]:
@@ -221,7 +256,7 @@ def _openloop(h: Harness, metric: Metric, arm: Arm) -> dict[str, Any]:
     argv = _tool(arm, "bench.openloop", "load", "--model", arm.model)
     argv += ["--rate", str(metric.rate), "--duration", str(metric.duration), "--drain", "5"]
     side = None
-    if arm.name == "bmo" and metric.rate in (h.plan.lag_rate, h.plan.rates[0]):
+    if is_bmo(arm.name) and metric.rate in (h.plan.lag_rate, h.plan.rates[0]):
         side = [*arm.prefix, sys.executable, "-m", "bench.openloop", "lag", "--port", str(arm.port)]
         side += ["--token", arm.token, "--model", f"mock/{PROBE_MODEL}", "--duration", str(metric.duration)]
         side += ["--interval", str(h.plan.lag_interval)]
@@ -349,7 +384,7 @@ def _progress(h: Harness, metric: Metric, index: int, arm: str, result: dict[str
 def start_all(h: Harness) -> None:
     """The mock, LiteLLM (spawned first: it is the slowest to start), the OTLP sink, bmo and bare."""
     procs, work = h.procs, h.work
-    mock_port, mock_pid = arms_mod.start_mock(procs, "mock")
+    mock_port, mock_pid = arms_mod.start_mock(procs, "mock", pin=h.plan.pin_load)
     h.arms["direct"] = arms_mod.start_direct(mock_port, mock_pid)
     litellm = None
     if h.plan.litellm:
@@ -358,7 +393,13 @@ def start_all(h: Harness) -> None:
         except Exception as exc:
             h.notes.append(f"LiteLLM did not start: {type(exc).__name__}: {exc}")
     h.otlp = arms_mod.start_otlp_sink(procs, work)
-    h.arms["bmo"] = arms_mod.start_bmo(procs, mock_port, work, h.otlp[0] if h.otlp else None)
+    otlp_port = h.otlp[0] if h.otlp else None
+    h.arms["bmo"] = arms_mod.start_bmo(procs, mock_port, work, otlp_port, workers=h.plan.workers)
+    if h.plan.baseline_tree:
+        tree = Path(h.plan.baseline_tree)
+        h.arms["bmo_before"] = arms_mod.start_bmo(
+            procs, mock_port, work, otlp_port, tree=tree, name="bmo_before", workers=h.plan.workers
+        )
     h.arms["bare"] = arms_mod.start_bare(procs, mock_port)
     if litellm is not None:
         try:
@@ -383,7 +424,9 @@ def warm_up(h: Harness) -> dict[str, Any]:
             argv = wrk_argv(
                 arm.port, h.scripts[(name, stream)], connections=32, duration=seconds, prefix=arm.prefix
             )
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+            done = subprocess.run(
+                _pinned(h, argv), capture_output=True, text=True, timeout=seconds + 30, check=False
+            )
             result = parse_wrk(done.stdout)
             out[f"{name}_{'stream' if stream else 'plain'}"] = result
             if result["requests"] and result["errors"] >= result["requests"]:
@@ -499,6 +542,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM arm")
     parser.add_argument("--limit", type=float, default=540.0, help="start no new run after this many seconds")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="also run bmo from this checkout (e.g. a `git worktree` of main) as the arm `bmo (before)`",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="`bmo serve --workers` for the bmo arms")
+    parser.add_argument(
+        "--pin-load",
+        default="",
+        metavar="CPUS",
+        help="taskset CPU list for the mock and the load tools (e.g. 0); the servers keep every CPU",
+    )
     parser.add_argument("--postgres", action="store_true", help="also: 1 vs 2 instances on PostgreSQL")
     parser.add_argument(
         "--postgres-only", action="store_true", help="only the PostgreSQL arm (bench/pg_arm.py)"

@@ -9,7 +9,7 @@ import sys
 
 from bench.arms import LITELLM_VENV
 
-__all__ = ["ensure_all", "ensure_litellm", "ensure_matplotlib", "ensure_wrk"]
+__all__ = ["ensure_all", "ensure_litellm", "ensure_matplotlib", "ensure_py_spy", "ensure_wrk"]
 
 
 def _run(argv: list[str], timeout: float) -> None:
@@ -20,6 +20,12 @@ def _run(argv: list[str], timeout: float) -> None:
 def ensure_matplotlib() -> None:
     if importlib.util.find_spec("matplotlib") is None:
         _run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], timeout=300)
+
+
+def ensure_py_spy() -> None:
+    """py-spy for `bench.profile` only: a bench tool, never part of the runtime or test locks."""
+    if shutil.which("py-spy") is None:
+        _run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], timeout=300)
 
 
 def ensure_wrk() -> None:

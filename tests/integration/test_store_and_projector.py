@@ -218,6 +218,27 @@ def test_execute_ignores_commands_for_finished_runs(tmp_path: Path, durable: boo
     asyncio.run(scenario())
 
 
+def test_every_store_connection_commits_without_an_fsync_each(tmp_path: Path) -> None:
+    """WAL with synchronous=NORMAL on every connection the store commits through,
+    including the one the Application opened to create its table before the store
+    could set it (the one a lone writer thread keeps reusing): FULL is an fsync per
+    commit, ~8x the cost of a commit."""
+    store = EventStore(tmp_path / "events.db")
+    try:
+        pool = store._app.recorder.datastore.pool  # type: ignore[attr-defined]
+        held = [pool.get_connection() for _ in range(3)]  # the pooled one first, then new ones
+        try:
+            modes = [c._sqlite_conn.execute("PRAGMA synchronous").fetchone()[0] for c in held]
+            journal = held[0]._sqlite_conn.execute("PRAGMA journal_mode").fetchone()[0]
+        finally:
+            for connection in held:
+                pool.put_connection(connection)
+        assert journal == "wal"
+        assert modes == [1, 1, 1]  # 1 = NORMAL (2 = FULL)
+    finally:
+        store.close()
+
+
 class SlowStore(EventStore):
     """The real store, whose saves wait until released (a slow or failing server)."""
 

@@ -1,0 +1,93 @@
+"""The msgspec transcoder writes and reads eventsourcing's JSON format byte for byte."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    TranscodingNotRegisteredError,
+    UUIDAsHex,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.events.transcoder import MsgspecTranscoder
+
+
+def _pair() -> tuple[JSONTranscoder, MsgspecTranscoder]:
+    generic, fast = JSONTranscoder(), MsgspecTranscoder()
+    for transcoder in (generic, fast):
+        for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+            transcoder.register(transcoding)
+    return generic, fast
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+    | st.uuids()
+    | st.datetimes(timezones=st.just(UTC))
+    | st.decimals(allow_nan=False, allow_infinity=False)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), values, max_size=8))
+def test_same_bytes_and_same_values_as_the_generic_transcoder(state: dict[str, Any]) -> None:
+    generic, fast = _pair()
+    written = generic.encode(state)
+    assert fast.encode(state) == written
+    assert fast.decode(written) == generic.decode(written)
+
+
+def test_an_event_state_as_stored_by_earlier_versions_reads_back() -> None:
+    _, fast = _pair()
+    at = datetime(2026, 11, 30, 9, 30, 40, 585885, tzinfo=UTC)
+    stored = (
+        b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-30T09:30:40.585885+00:00"},'
+        b'"run_id":{"_type_":"uuid_hex","_data_":"c7cef1c5a17648f79df7b96dce336d89"},'
+        b'"entries":["x",{"_type_":"only-a-name"}],"elapsed_ms":1.5,"text":"h\xc3\xa9"}'
+    )
+    assert fast.decode(stored) == {
+        "timestamp": at,
+        "run_id": UUID("c7cef1c5a17648f79df7b96dce336d89"),
+        "entries": ["x", {"_type_": "only-a-name"}],
+        "elapsed_ms": 1.5,
+        "text": "hé",
+    }
+    assert fast.encode({"timestamp": at, "text": "hé"}) == (
+        b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-30T09:30:40.585885+00:00"},"text":"h\xc3\xa9"}'
+    )
+
+
+def test_what_msgspec_would_write_differently_goes_through_the_generic_transcoder() -> None:
+    generic, fast = _pair()
+    odd = ({"x": math.nan}, {"x": [math.inf]}, {"x": 1e16}, {"x": -2.5e-7}, {1: "int key"}, {"t": (1, "a")})
+    for state in odd:
+        written = generic.encode(state)
+        assert fast.encode(state) == written
+        decoded = fast.decode(written)
+        assert decoded.keys() == generic.decode(written).keys()
+
+
+def test_an_unregistered_type_fails_as_the_generic_transcoder_does() -> None:
+    _, fast = _pair()
+    with pytest.raises(TranscodingNotRegisteredError):
+        fast.encode({"gap": timedelta(seconds=1)})
+    with pytest.raises(TranscodingNotRegisteredError):
+        fast.decode(b'{"x":{"_type_":"no_such_type","_data_":1}}')
