@@ -113,4 +113,3 @@ def _use_synchronous_normal(app: Application[Any]) -> None:
     with pool._put_condition:
         for connection in pool._pool:
             connection._sqlite_conn.execute("PRAGMA synchronous=NORMAL")
-
