@@ -378,3 +378,20 @@ def test_the_session_stream_records_the_queued_turn_with_the_queueing(tmp_path: 
         assert q.fired and q.fired["session_id"] == SESSION and q.fired["model"] == MODEL
 
     scenario(body, tmp_path)
+
+
+def test_a_session_is_opened_once_bound_to_its_first_requests_model(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        await h.admit("queued")
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        await h.free()
+        await h.admit("again")
+        events = await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+        opened = [e for e in events if type(e).__name__ == "SessionOpened"]
+        assert len(opened) == 1 and (opened[0].session_id, opened[0].model) == (SESSION, MODEL)
+        assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
+        state = await h.sessions.state(SESSION)
+        assert state.opened and state.session_id == SESSION and state.model == MODEL
+
+    scenario(body, tmp_path)
