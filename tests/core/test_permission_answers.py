@@ -1,0 +1,175 @@
+"""What a permission answer grants, and what the waiting run is told.
+
+In-process, two executors on one SQLite store (the agent's worker and the operator's),
+as in tests/core/test_permission_gate.py: an allow for the session reaches later calls of
+the same tool in that session (or that run, without a session) and nothing else; a deny,
+an allow-once and a stale digest are each told apart; the decision carries the exact call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+from app.agent.approval import arguments_digest, canonical_arguments
+from app.agent.permissions import Decision, PermissionGate, Question, answer
+from app.commands.execute import Executor
+from app.events.run import PermissionAsked, PermissionDecided, fold
+from app.events.store import EventStore
+from app.events.writer import EventWriter
+from app.providers.base import ToolCall
+from tests.core.helpers import fire_cmd
+
+CALL = ToolCall(id="call_1", name="write_file", arguments='{"content": "x", "path": "a.txt"}')
+OTHER_TOOL = ToolCall(id="call_2", name="bash", arguments='{"command": "ls"}')
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.store = EventStore(tmp / "events.db")
+        self.writers = [EventWriter(self.store), EventWriter(self.store)]
+        self.agent = Executor(self.store, self.writers[0])
+        self.operator = Executor(self.store, self.writers[1])
+        self.gate = PermissionGate(self.agent, timeout_s=30, poll_s=0.01)
+
+    async def run(self, session: str = "") -> UUID:
+        run_id = uuid4()
+        await self.agent.execute(fire_cmd(run_id, session), durable=True)
+        return run_id
+
+    async def asked(self, run_id: UUID) -> int:
+        events = await asyncio.to_thread(self.store.stream, run_id)
+        return sum(isinstance(e, PermissionAsked) for e in events)
+
+    async def decide(self, run_id: UUID, call: ToolCall, reply: str, **kw: Any) -> tuple[Decision, str]:
+        """The gate asks; the operator answers `reply`; the run's decision and the answer's result."""
+        opened = await self.gate.open(run_id, call)
+        assert isinstance(opened, Question), opened
+        result = await answer(self.operator, run_id, opened.asked.question_id, reply, **kw)
+        return await asyncio.wait_for(self.gate.wait(run_id, opened), 10), result
+
+
+def play(tmp: Path, body: Any) -> None:
+    async def main() -> None:
+        w = World(tmp)
+        for writer in w.writers:
+            writer.start()
+        try:
+            await asyncio.wait_for(body(w), 60)
+        finally:
+            for writer in w.writers:
+                await writer.close()
+            w.store.close()
+
+    asyncio.run(main())
+
+
+def test_an_allow_carries_the_exact_call_digest_requester_and_channel(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        decision, result = await w.decide(run_id, CALL, "allow", requester="alice", via="tui")
+        canonical = canonical_arguments(CALL.arguments)
+        assert result == "decided"
+        assert decision.allowed and decision.decided_by == "operator"
+        assert decision.call == ToolCall(CALL.id, CALL.name, canonical)
+        assert decision.digest == arguments_digest(CALL.name, canonical)
+        assert (decision.decided_via, decision.requester, decision.scope) == ("tui", "alice", "once")
+
+    play(tmp_path, body)
+
+
+def test_a_deny_is_a_deny_with_its_channel(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        decision, result = await w.decide(run_id, CALL, "deny", requester="bob")
+        assert result == "decided" and not decision.allowed
+        assert (decision.decided_by, decision.decided_via, decision.requester) == ("operator", "http", "bob")
+        decided = [
+            e for e in await asyncio.to_thread(w.store.stream, run_id) if isinstance(e, PermissionDecided)
+        ]
+        assert [(e.decision, e.decided_via) for e in decided] == [("deny", "http")]
+
+    play(tmp_path, body)
+
+
+def test_an_allow_for_the_session_answers_later_calls_of_that_tool_in_that_session_only(
+    tmp_path: Path,
+) -> None:
+    async def body(w: World) -> None:
+        first = await w.run("s1")
+        decision, _ = await w.decide(first, CALL, "allow", session_wide=True)
+        assert decision.allowed and decision.scope == "session"
+        granted = await w.gate.open(first, CALL)
+        assert isinstance(granted, Decision) and granted.allowed
+        assert (granted.decided_by, granted.decided_via, granted.scope) == ("grant", "grant", "session")
+        assert granted.digest == decision.digest and granted.call == decision.call
+        same_session = await w.run("s1")
+        assert isinstance(await w.gate.open(same_session, CALL), Decision)
+        assert await w.asked(same_session) == 0  # answered by the grant: nothing asked
+        other_tool = await w.gate.open(first, OTHER_TOOL)
+        assert isinstance(other_tool, Question)  # the grant is for one tool
+        other_session = await w.run("s2")
+        assert isinstance(await w.gate.open(other_session, CALL), Question)
+
+    play(tmp_path, body)
+
+
+def test_without_a_session_an_allow_for_the_session_reaches_only_that_run(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_a, run_b = await w.run(), await w.run()
+        decision, _ = await w.decide(run_a, CALL, "allow", session_wide=True)
+        assert decision.scope == "run"
+        assert isinstance(await w.gate.open(run_a, CALL), Decision)
+        assert isinstance(await w.gate.open(run_b, CALL), Question)
+
+    play(tmp_path, body)
+
+
+def test_an_allow_once_or_a_deny_grants_nothing_further(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        await w.decide(run_id, CALL, "allow")
+        assert isinstance(await w.gate.open(run_id, CALL), Question)
+        other = await w.run("s2")
+        await w.decide(other, CALL, "deny", session_wide=True)
+        assert isinstance(await w.gate.open(other, CALL), Question)
+
+    play(tmp_path, body)
+
+
+def test_an_answer_about_other_arguments_decides_nothing(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        opened = await w.gate.open(run_id, CALL)
+        assert isinstance(opened, Question)
+        qid = opened.asked.question_id
+        stale = arguments_digest(CALL.name, '{"path": "b.txt"}')
+        assert await answer(w.operator, run_id, qid, "allow", digest=stale) == "digest_mismatch"
+        state = fold(run_id, await asyncio.to_thread(w.store.stream, run_id))
+        assert qid in state.open_questions
+        assert await answer(w.operator, run_id, qid, "allow", digest=opened.asked.digest) == "decided"
+        decision = await asyncio.wait_for(w.gate.wait(run_id, opened), 10)
+        assert decision.allowed and decision.digest == opened.asked.digest
+
+    play(tmp_path, body)
+
+
+def test_a_question_expires_after_the_gates_timeout(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        gate = PermissionGate(w.agent, timeout_s=0.2, poll_s=0.05)
+        assert gate.timeout_s == 0.2
+        opened = await gate.open(run_id, CALL)
+        assert isinstance(opened, Question) and opened.timeout_s == 0.2
+        asked_at = opened.asked.timestamp
+        expires = opened.asked.expires_at
+        assert expires > asked_at.isoformat()  # in the future, by the timeout
+        decision = await asyncio.wait_for(gate.wait(run_id, opened), 10)
+        assert not decision.allowed
+        assert (decision.decided_by, decision.decided_via) == ("timeout", "timeout")
+        assert decision.call == opened.call and decision.digest == opened.asked.digest
+        assert await answer(w.operator, run_id, opened.asked.question_id, "allow") == "already_decided"
+
+    play(tmp_path, body)
