@@ -16,12 +16,14 @@ from uuid import uuid4
 
 import pytest
 from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import IntegrityError
 
-from app.commands import fire_run
+from app.commands import append_content, fire_run
+from app.commands.append_content import AppendContent
 from app.events.faults import FaultInjectingStore
-from app.events.run import RunState
+from app.events.run import RunState, fold
 from app.events.writer import EventWriter, PersistenceState, PersistFailed
-from tests.core.helpers import fire_cmd
+from tests.core.helpers import fire_cmd, now
 
 
 class CountingStore(FaultInjectingStore):
@@ -197,6 +199,62 @@ def test_an_empty_submission_is_done_at_once(tmp_path: Path) -> None:
         writer.start()
         assert await writer.submit([]) == 0
         assert await writer.flush(1)
+        await writer.close()
+
+    run(body, tmp_path)
+
+
+def test_a_conflict_refuses_the_submissions_chained_on_it_and_nothing_else(tmp_path: Path) -> None:
+    """In one batch: a stale first event of stream T, the next event of T decided on it, another
+    stream. T's two are refused (the second would land after the other writer's event), the
+    other is saved, the executor is told about T at once, and T's next fresh submission is saved.
+    """
+
+    async def body(store: CountingStore, switch: Path) -> None:
+        taken = uuid4()
+        store.save(fire_run.decide(RunState(taken), fire_cmd(taken)))  # another writer took version 1
+        told: list[set] = []
+        writer = EventWriter(store, on_conflict=told.append)
+        writer.start()
+        stale_first = fire_run.decide(RunState(taken), fire_cmd(taken))
+        state = fold(taken, list(stale_first))
+        chained = append_content.decide(state, AppendContent(run_id=taken, at=now(), text="lost"))
+        other = events(1)
+        futures = [writer.submit(stale_first), writer.submit(chained), writer.submit(other)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert isinstance(results[0], IntegrityError) and isinstance(results[1], IntegrityError)
+        assert results[2] == 2 and writer.position == 2
+        assert told == [{taken}]
+        assert [type(e).__name__ for e in store.stream(taken)] == ["Fired"]
+        assert len(store.stream(other[0].originator_id)) == 1
+        fresh = append_content.decide(
+            fold(taken, store.stream(taken)), AppendContent(run_id=taken, at=now(), text="kept")
+        )
+        assert await writer.submit(fresh) == 3
+        assert [type(e).__name__ for e in store.stream(taken)] == ["Fired", "ContentAppended"]
+        await writer.close()
+
+    run(body, tmp_path)
+
+
+def test_a_batch_with_a_conflict_still_saves_the_rest_one_by_one_in_order(tmp_path: Path) -> None:
+    async def body(store: CountingStore, switch: Path) -> None:
+        taken = uuid4()
+        store.save(fire_run.decide(RunState(taken), fire_cmd(taken)))
+        commits: list[int] = []
+        writer = EventWriter(store, on_commit=commits.append)
+        writer.start()
+        before, after = events(2), events(1)
+        futures = [
+            writer.submit(before[:1]),
+            writer.submit(before[1:]),
+            writer.submit(fire_run.decide(RunState(taken), fire_cmd(taken))),
+            writer.submit(after),
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert results[:2] == [2, 3] and isinstance(results[2], IntegrityError) and results[3] == 4
+        assert commits == [2, 3, 4]
+        assert await writer.flush(5)
         await writer.close()
 
     run(body, tmp_path)
