@@ -78,3 +78,23 @@ def test_a_cancellation_records_the_steps_the_run_took() -> None:
     assert len(cancelled) == 1 and cancelled[0].step == 2
     state = fold(run_id, events)
     assert (state.prompt_tokens, state.completion_tokens, state.steps) == (6, 4, 2)
+
+
+def test_an_older_session_streams_noted_turn_joins_the_transcript() -> None:
+    """`TurnNoted` is no longer written, but a store written before must still fold the same."""
+    from app.events.session import RunActivated, RunReleased, TurnNoted, session_uuid
+    from app.events.session import fold as session_fold
+
+    sid = session_uuid("old")
+    at = now()
+    noted = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    ran = [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    stream = [
+        TurnNoted(originator_id=sid, originator_version=1, timestamp=at, turn=noted),
+        RunActivated(originator_id=sid, originator_version=2, timestamp=at, run_id="r1", requester=""),
+        RunReleased(
+            originator_id=sid, originator_version=3, timestamp=at, run_id="r1", outcome="x", turn=ran
+        ),
+    ]
+    state = session_fold(sid, stream)
+    assert list(state.transcript) == [*noted, *ran] and state.version == 3 and not state.busy

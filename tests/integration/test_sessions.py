@@ -175,8 +175,9 @@ def test_a_full_queue_refuses_and_keeps_what_was_queued(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         await h.admit("one")
         queued = [await h.admit(f"q{i}") for i in range(2)]
-        with pytest.raises(SessionQueueFull):
+        with pytest.raises(SessionQueueFull) as full:
             await h.admit("one too many")
+        assert f"session '{SESSION}' already has 2 queued run(s) (max_queue_depth = 2)" in full.value.message
         assert (await h.sessions.state(SESSION)).queue == tuple(q.run_id for q in queued)
 
     scenario(body, tmp_path, max_queue_depth=2)
