@@ -8,8 +8,9 @@ projected, then read back through the public query functions of `app/projections
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import msgspec
 import msgspec.structs as structs
 
 from app.commands import ask_permission, finish_run
@@ -231,4 +232,33 @@ def test_a_question_an_older_run_end_left_pending_is_closed(tmp_path: Path) -> N
     q = permissions.get_question(r.read_conn, "q-old")
     assert q is not None and q["status"] == "closed" and q["decided_at"] and q["decided_by"] is None
     assert permissions.get_question(r.read_conn, "q-other")["status"] == "pending"  # type: ignore[index]
+    r.close()
+
+
+def test_route_counts_and_the_top_user_agents(tmp_path: Path) -> None:
+    from app.commands.fire_run import decide as decide_fire
+    from app.events.run import RunState
+    from app.projections import counts
+    from tests.core.helpers import fire_cmd
+
+    store = EventStore(tmp_path / "events.db")
+    agents = {"ua-a": 1, "ua-b": 2, "ua-c": 3, "ua-d": 4, "ua-e": 5, "ua-f": 6, "ua-g": 6}
+    for ua, n in agents.items():
+        for _ in range(n):
+            run_id = uuid4()
+            cmd = msgspec.structs.replace(fire_cmd(run_id), client_ua=ua)
+            store.save(decide_fire(RunState(run_id), cmd))
+    fire(store, route="posture")
+    r = runner(store, tmp_path)
+    r.catch_up()
+    assert counts.route_counts(r.read_conn) == {"chat_completions": sum(agents.values()), "posture": 1}
+    top = counts.top_user_agents(r.read_conn)
+    assert top == [
+        {"user_agent": "ua-f", "count": 6},
+        {"user_agent": "ua-g", "count": 6},
+        {"user_agent": "ua-e", "count": 5},
+        {"user_agent": "ua-d", "count": 4},
+        {"user_agent": "ua-c", "count": 3},
+    ]
+    assert counts.top_user_agents(r.read_conn, n=1) == top[:1]
     r.close()
