@@ -1,0 +1,47 @@
+"""An embedded (SQLite) event store gets SQLite read models: the runner, follower, reader and reset.
+
+`app/projections/select.py` is the one place that pairs an event store with its read
+models; these drive each of its functions with a real SQLite store and check what they do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from app.events.store import EventStore
+from app.projections import runs
+from app.projections.db import read_db_path
+from app.projections.select import (
+    projection_follower,
+    projection_runner,
+    read_connection,
+    reset_read_models_of,
+)
+from tests.core.helpers import end, fire
+
+
+def test_sqlite_read_models_follow_a_sqlite_store(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
+    path = read_db_path(tmp_path)
+    ids = [fire(store) for _ in range(3)]
+    for run_id in ids:
+        end(store, run_id)
+    runner = projection_runner(store, path, ledger_capacity=2, batch_size=2)
+    assert runner.catch_up() == store.max_notification_id()
+    conn = read_connection(store, path)
+    assert [r["request_id"] for r in runs.list_runs(conn)[0]] == [ids[2].hex, ids[1].hex]  # capacity 2
+    follower = projection_follower(store, path)
+    assert follower.position == store.max_notification_id()
+    asyncio.run(follower.stop())
+    runner.close()
+    conn.close()
+    reset_read_models_of(store, path)
+    conn = read_connection(store, path)
+    assert runs.list_runs(conn)[0] == []
+    rebuilt = projection_runner(store, path, ledger_capacity=10)
+    assert rebuilt.position == 0  # rebuilt from the start
+    rebuilt.catch_up()
+    assert runs.run_count(conn) == 3
+    rebuilt.close()
+    conn.close()
