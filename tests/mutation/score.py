@@ -13,6 +13,8 @@ import pathlib
 import subprocess
 import sys
 
+SEP = " -- why: "  # as in tests/mutation/survivors.py
+
 PACKAGES = (
     "app.events.writer",
     "app.events",
@@ -30,14 +32,14 @@ def package_of(name: str) -> str:
 
 
 def justified(path: pathlib.Path) -> set[str]:
-    """Mutant names listed in the survivors file with a reason (name, diff, then `# reason`)."""
+    """Mutant names listed in the survivors file with a reason (name, diff, then ` -- why: reason`)."""
     if not path.exists():
         return set()
-    names = set()
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#") and "#" in line:
-            names.add(line.split()[0])
-    return names
+    return {
+        line.split()[0]
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#") and SEP in line
+    }
 
 
 def main() -> None:
