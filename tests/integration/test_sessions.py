@@ -293,43 +293,57 @@ def test_a_queued_run_whose_model_is_gone_ends_with_an_error_and_frees_the_sessi
     scenario(body, tmp_path)
 
 
+async def queue_without_turn(h: Harness, run_id: str) -> None:
+    """A queueing saved without the run's turn (as older events were)."""
+    await h.executor.execute(
+        AdmitRun(
+            stream_id=session_uuid(SESSION),
+            at=now(),
+            session_id=SESSION,
+            run_id=uuid4().hex,
+            queued_run_id=run_id,
+            model=MODEL,
+            requester="",
+            max_queue_depth=5,
+            by_request="",
+            messages=[],
+            earlier=[],
+            options={},
+            fired={},
+        ),
+        durable=True,
+    )
+
+
 def test_a_queued_run_with_nothing_to_start_never_holds_the_session(tmp_path: Path) -> None:
-    """A queueing saved without its turn and no run stream (older events): it ends, the queue moves on."""
+    """Queueings saved without their turn (older events), one with no run stream at all and one
+    whose stream has only `Fired`: each ends as an error, and the queue moves on."""
 
     async def body(h: Harness) -> None:
         a = await h.admit("hello")
         orphan = uuid4().hex
-        await h.executor.execute(
-            AdmitRun(
-                stream_id=session_uuid(SESSION),
-                at=now(),
-                session_id=SESSION,
-                run_id=uuid4().hex,
-                queued_run_id=orphan,
-                model=MODEL,
-                requester="",
-                max_queue_depth=3,
-                by_request="",
-                messages=[],
-                earlier=[],
-                options={},
-                fired={},
-            ),
-            durable=True,
-        )
-        c = await h.admit("after the orphan")
-        assert (await h.sessions.state(SESSION)).queue == (orphan, c.run_id)
+        await queue_without_turn(h, orphan)
+        fired_only = await h.lifecycle()  # its own stream holds Fired, but no Queued
+        await queue_without_turn(h, fired_only.request_id)
+        c = await h.admit("after them")
+        assert (await h.sessions.state(SESSION)).queue == (orphan, fired_only.request_id, c.run_id)
+        before = now()
         await h.sessions.release(SESSION, a.run_id, "final_answer", [])
         assert (await h.finished(c.run_id)).outcome == "final_answer"
+        fin = await h.finished(fired_only.request_id)
+        assert (fin.outcome, fin.status_code, fin.elapsed_ms) == ("error_500", 500, 0.0)
+        assert fin.error == "the queued run could not be started" and fin.timestamp >= before
+        assert await h.run_events(orphan) == []  # nothing is written for a run that never fired
         state = await h.free()
-        released = [e for e in await asyncio.to_thread(h.store.stream, session_uuid(SESSION))]
-        assert any(
-            getattr(e, "run_id", None) == orphan and getattr(e, "outcome", "") == "error_500"
-            for e in released
-        )
+        released = {
+            (e.run_id, e.outcome)
+            for e in await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+            if type(e).__name__ == "RunReleased"
+        }
+        assert {(orphan, "error_500"), (fired_only.request_id, "error_500")} <= released
         assert state.active_run is None
 
-    scenario(body, tmp_path)
+    scenario(body, tmp_path, max_queue_depth=5)
 
 
 def test_a_release_while_the_store_fails_happens_once_it_recovers(tmp_path: Path) -> None:
@@ -358,7 +372,8 @@ def test_a_queued_run_follows_a_client_history_that_diverged(tmp_path: Path) -> 
         await h.finished(b.run_id)
         diverged = [e for e in await h.run_events(b.run_id) if isinstance(e, HistoryDiverged)]
         assert len(diverged) == 1
-        assert (diverged[0].kept, diverged[0].dropped) == (0, 2)
+        assert (diverged[0].kept, diverged[0].dropped, diverged[0].client_messages) == (0, 2, 3)
+        assert diverged[0].timestamp.tzinfo is not None
         state = await h.free()
         transcript = list(state.transcript)
         assert transcript[:3] == [*client, {"role": "user", "content": "go on"}]
