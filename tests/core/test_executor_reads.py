@@ -65,3 +65,40 @@ def test_state_of_reads_what_another_worker_appended(tmp_path: Path) -> None:
         store.close()
 
     asyncio.run(main())
+
+
+def test_closed_elsewhere_names_the_conflicted_runs_another_writer_finished(tmp_path: Path) -> None:
+    """A sweeper (another process) finishes run A and writes to run B behind the executor's back;
+    the executor's next appends to both conflict. A is closed elsewhere, B is not, and a run that
+    met no conflict is never read again."""
+    from app.commands import append_content as append
+    from app.commands import finish_run
+    from app.commands.finish_run import FinishRun
+    from app.events.run import fold
+
+    async def main() -> tuple[bool, bool, bool, bool]:
+        store = EventStore(tmp_path / "events.db")
+        writer = EventWriter(store)
+        writer.start()
+        executor = Executor(store, writer)
+        a, b, calm = uuid4(), uuid4(), uuid4()
+        for run_id in (a, b, calm):
+            await executor.execute(fire_cmd(run_id), durable=True)
+        sweep = FinishRun(run_id=a, at=now(), outcome="error_500", status_code=500, elapsed_ms=1.0)
+        store.save(finish_run.decide(fold(a, store.stream(a)), sweep))
+        other = AppendContent(run_id=b, at=now(), text="other")
+        store.save(append.decide(fold(b, store.stream(b)), other))
+        for run_id in (a, b, calm):  # a and b conflict, in that order
+            await executor.execute(AppendContent(run_id=run_id, at=now(), text="mine"))
+            assert await writer.flush(10)
+        results = (
+            await executor.closed_elsewhere(a),
+            await executor.closed_elsewhere(b),
+            await executor.closed_elsewhere(calm),
+            await executor.closed_elsewhere(a),  # told once
+        )
+        await writer.close()
+        store.close()
+        return results
+
+    assert asyncio.run(main()) == (True, False, False, False)
