@@ -62,10 +62,13 @@ def test_a_follower_reports_a_missing_read_model_and_reconnects_after_stop(tmp_p
     fire(store)
     projector.catch_up()
 
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         await follower.stop()
         await follower.stop()  # twice is harmless
-        return follower.position
+        here = follower.position
+        # a worker thread may ask too (the connection is not tied to the thread that opened it)
+        return here, await asyncio.to_thread(lambda: follower.position)
 
-    assert asyncio.run(scenario()) == store.max_notification_id()
+    head = store.max_notification_id()
+    assert asyncio.run(scenario()) == (head, head)
     projector.close()
