@@ -9,6 +9,7 @@ an allow-once and a stale digest are each told apart; the decision carries the e
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -42,6 +43,10 @@ class World:
     async def asked(self, run_id: UUID) -> int:
         events = await asyncio.to_thread(self.store.stream, run_id)
         return sum(isinstance(e, PermissionAsked) for e in events)
+
+    async def decisions(self, run_id: UUID) -> list[PermissionDecided]:
+        events = await asyncio.to_thread(self.store.stream, run_id)
+        return [e for e in events if isinstance(e, PermissionDecided)]
 
     async def decide(self, run_id: UUID, call: ToolCall, reply: str, **kw: Any) -> tuple[Decision, str]:
         """The gate asks; the operator answers `reply`; the run's decision and the answer's result."""
@@ -167,9 +172,75 @@ def test_a_question_expires_after_the_gates_timeout(tmp_path: Path) -> None:
         expires = opened.asked.expires_at
         assert expires > asked_at.isoformat()  # in the future, by the timeout
         decision = await asyncio.wait_for(gate.wait(run_id, opened), 10)
-        assert not decision.allowed
+        assert decision.allowed is False
         assert (decision.decided_by, decision.decided_via) == ("timeout", "timeout")
         assert decision.call == opened.call and decision.digest == opened.asked.digest
         assert await answer(w.operator, run_id, opened.asked.question_id, "allow") == "already_decided"
+
+    play(tmp_path, body)
+
+
+def test_an_answer_just_before_the_timeout_denial_stands(tmp_path: Path) -> None:
+    """The operator's answer lands after the run's last look and before its timeout denial: the
+    denial is refused (the question is no longer open) and the run gets the operator's answer."""
+
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        gate = PermissionGate(w.agent, timeout_s=0.0, poll_s=0.01)  # times out at once
+        opened = await gate.open(run_id, CALL)
+        assert isinstance(opened, Question)
+        assert (
+            await answer(w.operator, run_id, opened.asked.question_id, "allow", requester="eve") == "decided"
+        )
+        decision = await asyncio.wait_for(gate.wait(run_id, opened), 10)
+        assert decision.allowed is True and (decision.decided_by, decision.requester) == ("operator", "eve")
+        decided = [
+            e for e in await asyncio.to_thread(w.store.stream, run_id) if isinstance(e, PermissionDecided)
+        ]
+        assert [e.decided_by for e in decided] == ["operator"]  # no timeout denial after it
+
+    play(tmp_path, body)
+
+
+def test_a_timeout_denial_is_recorded_as_such(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        gate = PermissionGate(w.agent, timeout_s=0.0, poll_s=0.01)
+        opened = await gate.open(run_id, CALL)
+        assert isinstance(opened, Question)
+        before = datetime.now(UTC)
+        decision = await asyncio.wait_for(gate.wait(run_id, opened), 10)
+        assert decision.allowed is False and decision.question_id == opened.asked.question_id
+        decided = [
+            e for e in await asyncio.to_thread(w.store.stream, run_id) if isinstance(e, PermissionDecided)
+        ]
+        assert [(e.decision, e.decided_by, e.decided_via) for e in decided] == [
+            ("deny", "timeout", "timeout")
+        ]
+        assert decided[0].timestamp >= before and decided[0].timestamp.tzinfo is not None
+
+    play(tmp_path, body)
+
+
+def test_an_operator_answer_is_stamped_now_and_names_no_requester_unless_given(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        opened = await w.gate.open(run_id, CALL)
+        assert isinstance(opened, Question)
+        before = datetime.now(UTC)
+        assert await answer(w.operator, run_id, opened.asked.question_id, "deny") == "decided"
+        decided = [
+            e for e in await asyncio.to_thread(w.store.stream, run_id) if isinstance(e, PermissionDecided)
+        ]
+        assert decided[0].requester == "" and decided[0].scope == "once"
+        assert before <= decided[0].timestamp <= datetime.now(UTC)
+
+    play(tmp_path, body)
+
+
+def test_an_answer_with_a_digest_to_an_unknown_question_is_run_ended(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        assert await answer(w.operator, run_id, "no-such", "allow", digest="d" * 64) == "run_ended"
 
     play(tmp_path, body)
