@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 from app.agent.approval import arguments_digest, canonical_arguments
 from app.agent.permissions import Decision, PermissionGate, Question, answer
+from app.commands.append_content import AppendContent
 from app.commands.execute import Executor
 from app.events.run import PermissionAsked, PermissionDecided, fold
 from app.events.store import EventStore
@@ -242,5 +243,31 @@ def test_an_answer_with_a_digest_to_an_unknown_question_is_run_ended(tmp_path: P
     async def body(w: World) -> None:
         run_id = await w.run("s1")
         assert await answer(w.operator, run_id, "no-such", "allow", digest="d" * 64) == "run_ended"
+
+    play(tmp_path, body)
+
+
+def test_a_waiting_question_takes_only_its_own_answer(tmp_path: Path) -> None:
+    """Two questions of one run wait at once (parallel tool calls); only the second is answered,
+    and other events follow it: the first still times out as denied."""
+
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        gate = PermissionGate(w.agent, timeout_s=0.3, poll_s=0.01)
+        first = await gate.open(run_id, CALL)
+        second = await gate.open(run_id, OTHER_TOOL)
+        assert isinstance(first, Question) and isinstance(second, Question)
+        assert await answer(w.operator, run_id, second.asked.question_id, "allow") == "decided"
+        await w.operator.execute(
+            AppendContent(run_id=run_id, at=datetime.now(UTC), text="later"), durable=True
+        )
+        got_first = await asyncio.wait_for(gate.wait(run_id, first), 10)
+        got_second = await asyncio.wait_for(gate.wait(run_id, second), 10)
+        assert (got_first.question_id, got_first.allowed, got_first.decided_by) == (
+            first.asked.question_id,
+            False,
+            "timeout",
+        )
+        assert (got_second.allowed, got_second.decided_by) == (True, "operator")
 
     play(tmp_path, body)
