@@ -9,7 +9,7 @@ an allow-once and a stale digest are each told apart; the decision carries the e
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -18,6 +18,7 @@ from app.agent.approval import arguments_digest, canonical_arguments
 from app.agent.permissions import Decision, PermissionGate, Question, answer
 from app.commands.append_content import AppendContent
 from app.commands.execute import Executor
+from app.commands.finish_run import FinishRun
 from app.events.run import PermissionAsked, PermissionDecided, fold
 from app.events.store import EventStore
 from app.events.writer import EventWriter
@@ -170,8 +171,9 @@ def test_a_question_expires_after_the_gates_timeout(tmp_path: Path) -> None:
         opened = await gate.open(run_id, CALL)
         assert isinstance(opened, Question) and opened.timeout_s == 0.2
         asked_at = opened.asked.timestamp
-        expires = opened.asked.expires_at
-        assert expires > asked_at.isoformat()  # in the future, by the timeout
+        expires = datetime.fromisoformat(opened.asked.expires_at)
+        assert asked_at.tzinfo is not None and expires.tzinfo is not None
+        assert timedelta(0) < expires - asked_at <= timedelta(seconds=5)  # in the future, by the timeout
         decision = await asyncio.wait_for(gate.wait(run_id, opened), 10)
         assert decision.allowed is False
         assert (decision.decided_by, decision.decided_via) == ("timeout", "timeout")
@@ -269,5 +271,20 @@ def test_a_waiting_question_takes_only_its_own_answer(tmp_path: Path) -> None:
             "timeout",
         )
         assert (got_second.allowed, got_second.decided_by) == (True, "operator")
+
+    play(tmp_path, body)
+
+
+def test_a_run_that_ended_is_told_run_ended_and_nothing_is_asked(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        run_id = await w.run("s1")
+        end = FinishRun(
+            run_id=run_id, at=datetime.now(UTC), outcome="final_answer", status_code=200, elapsed_ms=1
+        )
+        await w.agent.execute(end, durable=True)
+        refused = await w.gate.open(run_id, CALL)
+        assert isinstance(refused, Decision)
+        assert (refused.allowed, refused.decided_by, refused.decided_via) == (False, "run_ended", "run_ended")
+        assert await w.asked(run_id) == 0
 
     play(tmp_path, body)
