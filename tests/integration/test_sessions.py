@@ -104,14 +104,14 @@ class Harness:
     async def run_events(self, run_id: str) -> list[Any]:
         return await asyncio.to_thread(self.store.stream, UUID(hex=run_id))
 
-    async def finished(self, run_id: str, timeout: float = 30.0) -> Finished:
+    async def finished(self, run_id: str, timeout: float = 15.0) -> Finished:
         """The run's Finished event, once written (polls the store; bounded)."""
         return await self._until(lambda: self._finished(run_id), timeout, f"run {run_id} never finished")
 
     async def _finished(self, run_id: str) -> Finished | None:
         return next((e for e in await self.run_events(run_id) if isinstance(e, Finished)), None)
 
-    async def free(self, timeout: float = 30.0) -> Any:
+    async def free(self, timeout: float = 15.0) -> Any:
         """The session once nothing is active or queued."""
 
         async def check() -> Any:
@@ -144,7 +144,7 @@ def scenario(body: Callable[[Harness], Awaitable[None]], tmp: Path, **kw: Any) -
         h = Harness(tmp, **kw)
         h.writer.start()
         try:
-            await asyncio.wait_for(body(h), timeout=60)
+            await asyncio.wait_for(body(h), timeout=45)
         finally:
             await h.close()
 
@@ -346,18 +346,33 @@ def test_a_queued_run_with_nothing_to_start_never_holds_the_session(tmp_path: Pa
     scenario(body, tmp_path, max_queue_depth=5)
 
 
-def test_a_release_while_the_store_fails_happens_once_it_recovers(tmp_path: Path) -> None:
+def test_a_release_while_the_store_fails_is_retried_until_it_recovers(tmp_path: Path) -> None:
+    """The release is retried (durably) for as long as the store fails, not once: the store is
+    kept failing until two retries were refused, then the queued run starts."""
+
     async def body(h: Harness) -> None:
+        refused_releases: list[int] = []
+
+        def on_failure(events: Any, _error: str) -> None:
+            refused_releases.extend(1 for e in events if type(e).__name__ == "RunReleased")
+
+        h.writer.on_failure = on_failure
         a = await h.admit("hello")
         b = await h.admit("queued behind")
         h.switch.touch()
         await h.sessions.release(SESSION, a.run_id, "final_answer", [])  # returns: retried in the background
         assert (await h.sessions.state(SESSION)).active_run == a.run_id
+        await h._until(lambda: _at_least(refused_releases, 3), 20, "the release was not retried twice")
+        assert (await h.sessions.state(SESSION)).active_run == a.run_id  # nothing saved meanwhile
         h.switch.unlink()
         assert (await h.finished(b.run_id)).outcome == "final_answer"
         await h.free()
 
     scenario(body, tmp_path)
+
+
+async def _at_least(items: list[int], n: int) -> bool | None:
+    return True if len(items) >= n else None
 
 
 def test_a_queued_run_follows_a_client_history_that_diverged(tmp_path: Path) -> None:
