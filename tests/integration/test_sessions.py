@@ -25,6 +25,7 @@ from app.agent.transcript import options_to_dict
 from app.agent.turns import TurnOptions, TurnPolicy, TurnRunner
 from app.commands.admit_run import AdmitRun
 from app.commands.execute import Executor
+from app.commands.queue_run import QueueRun
 from app.errors import SessionQueueFull
 from app.events.run import ContentAppended, Finished, Fired, HistoryDiverged, Queued, fold
 from app.events.session import RunQueued, session_uuid
@@ -424,5 +425,49 @@ def test_a_session_is_opened_once_bound_to_its_first_requests_model(tmp_path: Pa
         assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
         state = await h.sessions.state(SESSION)
         assert state.opened and state.session_id == SESSION and state.model == MODEL
+
+    scenario(body, tmp_path)
+
+
+def test_a_run_queued_by_an_older_version_starts_from_its_own_stream(tmp_path: Path) -> None:
+    """Older queueings carried no turn: the run's own `Fired` and `Queued` hold it, and it still runs."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        legacy = await h.lifecycle(requester="old-client")
+        turn = [{"role": "user", "content": "from an older version"}]
+        await queue_without_turn(h, legacy.request_id)
+        await h.executor.execute(
+            QueueRun(
+                run_id=legacy.run_id,
+                at=now(),
+                session_id=SESSION,
+                position=1,
+                by_request="r-409",
+                messages=turn,
+                options=options_to_dict(TurnOptions(stream=False, mode="code")),
+            ),
+            durable=True,
+        )
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        fin = await h.finished(legacy.request_id)
+        assert fin.outcome == "final_answer"
+        answer = answer_of(await h.run_events(legacy.request_id))
+        state = await h.free()
+        assert list(state.transcript)[-2:] == [turn[0], {"role": "assistant", "content": answer}]
+
+    scenario(body, tmp_path)
+
+
+def test_a_release_is_recorded_with_its_outcome_and_turn(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        turn = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+        before = now()
+        await h.sessions.release(SESSION, a.run_id, "cancelled", turn)
+        events = await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+        released = [e for e in events if type(e).__name__ == "RunReleased"]
+        assert [(e.run_id, e.outcome, e.turn) for e in released] == [(a.run_id, "cancelled", turn)]
+        assert before <= released[0].timestamp <= now()
 
     scenario(body, tmp_path)
