@@ -262,3 +262,36 @@ def test_route_counts_and_the_top_user_agents(tmp_path: Path) -> None:
     ]
     assert counts.top_user_agents(r.read_conn, n=1) == top[:1]
     r.close()
+
+
+def fire_as(store: EventStore, run_id: UUID) -> UUID:
+    from app.commands.fire_run import decide as decide_fire
+    from app.events.run import RunState
+    from tests.core.helpers import fire_cmd
+
+    store.save(decide_fire(RunState(run_id), fire_cmd(run_id)))
+    return run_id
+
+
+def test_an_id_prefix_finds_every_run_under_it_at_most_eleven(tmp_path: Path) -> None:
+    """Eleven are enough to say "ambiguous" and list ten; digits and letters after the prefix alike."""
+    store = EventStore(tmp_path / "events.db")
+    under = [fire_as(store, UUID(hex=f"ab{c}" + "0" * 29)).hex for c in "0123456789abcdef"]
+    fire_as(store, UUID(hex="ac" + "0" * 30))
+    r = runner(store, tmp_path)
+    r.catch_up()
+    assert runs.find_request_ids(r.read_conn, "ab") == sorted(under)[:11]
+    assert runs.find_request_ids(r.read_conn, "abe", limit=5) == [under[14]]
+    assert runs.find_request_ids(r.read_conn, "ab", limit=20) == sorted(under)
+    r.close()
+
+
+def test_recent_outcomes_are_five_by_default(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
+    ids = [fire(store) for _ in range(7)]
+    for run_id in ids:
+        end(store, run_id)
+    r = runner(store, tmp_path)
+    r.catch_up()
+    assert [x["request_id"] for x in runs.recent_outcomes(r.read_conn)] == [u.hex for u in ids[::-1][:5]]
+    r.close()
