@@ -393,6 +393,13 @@ def test_a_queued_run_follows_a_client_history_that_diverged(tmp_path: Path) -> 
         state = await h.free()
         transcript = list(state.transcript)
         assert transcript[:3] == [*client, {"role": "user", "content": "go on"}]
+        replaced = [
+            e
+            for e in await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+            if type(e).__name__ == "TranscriptReplaced"
+        ]
+        assert [(e.run_id, e.kept, e.dropped) for e in replaced] == [(b.run_id, 0, 2)]
+        assert replaced[0].timestamp.tzinfo is not None
         assert "hello" not in [m["content"] for m in transcript]
 
     scenario(body, tmp_path)
