@@ -49,7 +49,10 @@ def main() -> None:
         for name, code in sorted(data.exit_code_by_key.items()):
             if code != 0:  # 0: the tests passed with the mutant in place (survived)
                 continue
-            diff = changed(get_diff_for_mutant(name, path=data.path))
+            try:
+                diff = changed(get_diff_for_mutant(name, path=data.path))
+            except FileNotFoundError:  # mutants/ being rewritten by a run in progress
+                diff = "(diff unavailable: run again once mutmut has finished)"
             reason = known.get(name)
             rows.append(f"{name}  {diff}" + (f"{SEP}{reason}" if reason else ""))
     OUT.write_text(HEADER + "\n".join(rows) + "\n")
