@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from app.events.store import EventStore
 from app.projections import runs
 from app.projections.db import read_db_path
@@ -45,3 +47,20 @@ def test_sqlite_read_models_follow_a_sqlite_store(tmp_path: Path) -> None:
     assert runs.run_count(conn) == 3
     rebuilt.close()
     conn.close()
+
+
+def test_the_runner_options_reach_the_sqlite_runner(tmp_path: Path) -> None:
+    """The crash seam passed through select: a step that dies before its tracking row applies nothing."""
+    store = EventStore(tmp_path / "events.db")
+    fire(store)
+
+    def crash() -> None:
+        raise RuntimeError("killed between rows and tracking")
+
+    runner = projection_runner(
+        store, read_db_path(tmp_path), ledger_capacity=10, between_rows_and_tracking=crash
+    )
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.catch_up()
+    assert runs.run_count(runner.read_conn) == 0
+    runner.close()

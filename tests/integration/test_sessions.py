@@ -342,6 +342,12 @@ def test_a_queued_run_with_nothing_to_start_never_holds_the_session(tmp_path: Pa
             if type(e).__name__ == "RunReleased"
         }
         assert {(orphan, "error_500"), (fired_only.request_id, "error_500")} <= released
+        stamps = [
+            e.timestamp
+            for e in await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+            if type(e).__name__ == "RunReleased"
+        ]
+        assert all(s is not None and s >= before for s in stamps[1:])
         assert state.active_run is None
 
     scenario(body, tmp_path, max_queue_depth=5)
@@ -476,5 +482,53 @@ def test_a_release_is_recorded_with_its_outcome_and_turn(tmp_path: Path) -> None
         released = [e for e in events if type(e).__name__ == "RunReleased"]
         assert [(e.run_id, e.outcome, e.turn) for e in released] == [(a.run_id, "cancelled", turn)]
         assert before <= released[0].timestamp <= now()
+
+    scenario(body, tmp_path)
+
+
+def test_a_queued_run_whose_own_stream_was_never_written_gets_it_when_it_starts(tmp_path: Path) -> None:
+    """The queueing request died after its one save: the run's own Fired and Queued are written by
+    whoever starts it, and it runs."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        lost = RequestLifecycle(
+            request_id=uuid4().hex,
+            route="chat_completions",
+            session_id=SESSION,
+            client_ua="lost-ua",
+            defaults=DEFAULTS,
+            executor=h.executor,
+            records=h.records,
+        )
+        turn = [{"role": "user", "content": "my request died"}]
+        await h.executor.execute(
+            AdmitRun(
+                stream_id=session_uuid(SESSION),
+                at=now(),
+                session_id=SESSION,
+                run_id=uuid4().hex,
+                queued_run_id=lost.request_id,
+                model=MODEL,
+                requester="carol",
+                max_queue_depth=5,
+                by_request="r-409",
+                messages=turn,
+                earlier=[],
+                options=options_to_dict(TurnOptions(stream=False, mode="code")),
+                fired=lost.fired_record(model=MODEL, stream=False),
+            ),
+            durable=True,
+        )
+        assert await h.run_events(lost.request_id) == []
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        fin = await h.finished(lost.request_id)
+        assert fin.outcome == "final_answer"
+        events = await h.run_events(lost.request_id)
+        fired = next(e for e in events if isinstance(e, Fired))
+        queued = next(e for e in events if isinstance(e, Queued))
+        assert (fired.client_ua, fired.requester, fired.session_id) == ("lost-ua", "carol", SESSION)
+        assert (queued.by_request, queued.messages) == ("r-409", turn)
+        await h.free()
 
     scenario(body, tmp_path)
