@@ -102,3 +102,47 @@ def test_closed_elsewhere_names_the_conflicted_runs_another_writer_finished(tmp_
         return results
 
     assert asyncio.run(main()) == (True, False, False, False)
+
+
+def test_a_session_admission_that_loses_a_race_in_the_writer_queues_behind_the_winner(tmp_path: Path) -> None:
+    """Another process admits a run between this executor's read and its save (a store seam saves
+    it first): the writer's conflict notice covers a stream the executor never caches, the
+    admission is decided again and queues behind the winner."""
+    from app.commands import admit_run
+    from app.commands.admit_run import AdmitRun
+    from app.events.session import SessionState, session_uuid
+    from app.events.session import fold as session_fold
+
+    stream_id = session_uuid("raced")
+    fields = {
+        "stream_id": stream_id,
+        "session_id": "raced",
+        "model": "m",
+        "requester": "",
+        "max_queue_depth": 4,
+    }
+
+    class RacingStore(EventStore):
+        raced = False
+
+        def save(self, events):  # type: ignore[no-untyped-def]
+            if not self.raced and any(e.originator_id == stream_id for e in events):
+                self.raced = True
+                winner = AdmitRun(at=now(), run_id="winner", queued_run_id="w-q", **fields)
+                super().save(admit_run.decide(SessionState(stream_id), winner))
+            return super().save(events)
+
+    async def main() -> SessionState:
+        store = RacingStore(tmp_path / "events.db")
+        writer = EventWriter(store)
+        writer.start()
+        executor = Executor(store, writer)
+        loser = AdmitRun(at=now(), run_id="loser", queued_run_id="l-q", **fields)
+        await asyncio.wait_for(executor.execute(loser, durable=True), 20)
+        await writer.close()
+        state = session_fold(stream_id, store.stream(stream_id))
+        store.close()
+        return state
+
+    state = asyncio.run(main())
+    assert state.active_run == "winner" and state.queue == ("l-q",)
