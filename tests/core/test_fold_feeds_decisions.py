@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID, uuid4
 
+import msgspec
+
 from app.commands import cancel_run, fire_run, queue_run, record_model_call, start_run
 from app.events.run import Cancelled, RunState, fold
 from tests.core.helpers import fire_cmd, now
@@ -98,3 +100,28 @@ def test_an_older_session_streams_noted_turn_joins_the_transcript() -> None:
     ]
     state = session_fold(sid, stream)
     assert list(state.transcript) == [*noted, *ran] and state.version == 3 and not state.busy
+
+
+def test_a_question_carries_who_fired_the_run_and_is_asked_once() -> None:
+    from app.commands import ask_permission
+
+    run_id = uuid4()
+    fire = msgspec.structs.replace(fire_cmd(run_id, "s1"), requester="alice")
+    events: list[Any] = list(fire_run.decide(RunState(run_id), fire))
+
+    def ask(question: str) -> tuple[Any, ...]:
+        cmd = ask_permission.AskPermission(
+            run_id=run_id,
+            at=now(),
+            question_id=question,
+            tool="bash",
+            call_id="c",
+            arguments="{}",
+            expires_at="",
+        )
+        return ask_permission.decide(fold(run_id, events), cmd)
+
+    asked = ask("q1")
+    assert len(asked) == 1 and (asked[0].requester, asked[0].session_id) == ("alice", "s1")
+    events.extend(asked)
+    assert ask("q1") == ()  # the same question is not asked twice while open
