@@ -146,3 +146,39 @@ def test_a_session_admission_that_loses_a_race_in_the_writer_queues_behind_the_w
 
     state = asyncio.run(main())
     assert state.active_run == "winner" and state.queue == ("l-q",)
+
+
+def test_a_durable_command_the_store_refused_leaves_nothing_in_the_cache(tmp_path: Path) -> None:
+    """PersistFailed: the executor must not keep the refused events as if saved; the next command
+    decides on what is stored (here: no open question, version 2 is free)."""
+    import pytest
+
+    from app.commands.ask_permission import AskPermission
+    from app.events.faults import FaultInjectingStore
+    from app.events.run import fold
+    from app.events.writer import PersistFailed
+
+    async def main() -> None:
+        switch = tmp_path / "faults-on"
+        store = FaultInjectingStore(tmp_path / "events.db", switch)
+        writer = EventWriter(store, unavailable_wait_s=0.1)
+        writer.start()
+        executor = Executor(store, writer)
+        run_id = uuid4()
+        await executor.execute(fire_cmd(run_id), durable=True)
+        switch.touch()
+        ask = AskPermission(
+            run_id=run_id, at=now(), question_id="q1", tool="bash", call_id="c", arguments="{}", expires_at=""
+        )
+        with pytest.raises(PersistFailed):
+            await executor.execute(ask, durable=True)
+        assert not (await executor.current(run_id)).open_questions
+        switch.unlink()
+        await executor.execute(AppendContent(run_id=run_id, at=now(), text="after"), durable=True)
+        events = await executor.events(run_id)
+        assert [e.originator_version for e in events] == [1, 2]
+        assert not fold(run_id, events).open_questions
+        await writer.close()
+        store.close()
+
+    asyncio.run(main())
