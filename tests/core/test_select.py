@@ -64,3 +64,28 @@ def test_the_runner_options_reach_the_sqlite_runner(tmp_path: Path) -> None:
         runner.catch_up()
     assert runs.run_count(runner.read_conn) == 0
     runner.close()
+
+
+def test_the_running_projector_follows_appends_and_stops_cleanly(tmp_path: Path) -> None:
+    """The background projector (what `bmo serve` runs): notified appends are projected and
+    waited for, a step that fails is reported in last_error, and stop() ends it."""
+    store = EventStore(tmp_path / "events.db")
+
+    async def main() -> None:
+        runner = projection_runner(store, read_db_path(tmp_path), ledger_capacity=10)
+        reader = read_connection(store, read_db_path(tmp_path))  # its own connection: steps run meanwhile
+        assert runner.last_error is None
+        runner.start()
+        first = fire(store)
+        runner.notify(store.max_notification_id())
+        assert await runner.wait_for(store.max_notification_id(), timeout=20)
+        assert runs.get_run(reader, first.hex) is not None
+        end(store, first)
+        assert await runner.wait_for(store.max_notification_id(), timeout=20)  # woken by wait_for itself
+        assert runs.get_run(reader, first.hex)["outcome"] == "final_answer"  # type: ignore[index]
+        assert runner.last_error is None
+        assert not await runner.wait_for(store.max_notification_id() + 5, timeout=0.05)
+        await runner.stop()
+        reader.close()
+
+    asyncio.run(main())
