@@ -97,7 +97,7 @@ def test_an_incident_is_reported_once_counted_and_flushed(tmp_path: Path) -> Non
         switch.unlink()
         assert await a == await b == 4
         assert writer.position == 4 and commits[-1] == 4
-        assert not writer.state.degraded
+        assert writer.state.degraded is False  # posture reports it as JSON: false, not null
         assert writer.state.flushed_after_failure == 3 and writer.state.incident_flushed == 3
         assert len(recovered) == 1 and recovered[0].incident_flushed == 3 and not recovered[0].degraded
         # a second incident: the total grows, the incident's own figures start again
