@@ -89,3 +89,20 @@ def test_the_running_projector_follows_appends_and_stops_cleanly(tmp_path: Path)
         reader.close()
 
     asyncio.run(main())
+
+
+def test_the_running_projector_polls_for_appends_nobody_announced(tmp_path: Path) -> None:
+    """Another process appends (no notify reaches this one): the projector's poll finds it."""
+    store = EventStore(tmp_path / "events.db")
+
+    async def main() -> None:
+        runner = projection_runner(store, read_db_path(tmp_path), ledger_capacity=10, poll_interval=0.05)
+        runner.start()
+        follower = projection_follower(store, read_db_path(tmp_path))
+        fire(store)  # no notify, no wait_for
+        head = store.max_notification_id()
+        assert await follower.wait_for(head, timeout=20)
+        await follower.stop()
+        await runner.stop()
+
+    asyncio.run(main())
