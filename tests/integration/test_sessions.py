@@ -225,6 +225,14 @@ def test_release_starts_the_first_queued_run_which_answers_and_frees_the_session
         await h.sessions.release(SESSION, a.run_id, "final_answer", turn_a)
         fin_b = await h.finished(b.run_id)
         fin_c = await h.finished(c.run_id)
+        await h.free()
+        session_events = await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+        released = [(e.run_id, e.outcome) for e in session_events if type(e).__name__ == "RunReleased"]
+        assert released == [
+            (a.run_id, "final_answer"),
+            (b.run_id, "final_answer"),
+            (c.run_id, "final_answer"),
+        ]
         assert fin_b.outcome == fin_c.outcome == "final_answer"
         assert fin_b.timestamp <= fin_c.timestamp  # FIFO: B before C
         events_b = await h.run_events(b.run_id)
@@ -532,3 +540,36 @@ def test_a_queued_run_whose_own_stream_was_never_written_gets_it_when_it_starts(
         await h.free()
 
     scenario(body, tmp_path)
+
+
+def test_a_queued_run_that_cannot_be_prepared_never_holds_the_session(tmp_path: Path) -> None:
+    """Its saved fired fields are incomplete, so writing its own stream fails: it is given up and the
+    queue moves on."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        broken = uuid4().hex
+        await h.executor.execute(
+            AdmitRun(
+                stream_id=session_uuid(SESSION),
+                at=now(),
+                session_id=SESSION,
+                run_id=uuid4().hex,
+                queued_run_id=broken,
+                model=MODEL,
+                requester="",
+                max_queue_depth=5,
+                by_request="",
+                messages=[{"role": "user", "content": "x"}],
+                earlier=[],
+                options={},
+                fired={"session_id": SESSION},
+            ),
+            durable=True,
+        )
+        c = await h.admit("after it")
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        assert (await h.finished(c.run_id)).outcome == "final_answer"
+        await h.free()
+
+    scenario(body, tmp_path, max_queue_depth=5)
