@@ -258,3 +258,46 @@ def test_a_batch_with_a_conflict_still_saves_the_rest_one_by_one_in_order(tmp_pa
         await writer.close()
 
     run(body, tmp_path)
+
+
+def test_a_submission_chained_on_a_refused_one_is_refused_in_a_later_batch_too(tmp_path: Path) -> None:
+    """The chained event is submitted while the stale one's save is in flight (a store seam holds
+    that save), so it lands in the next batch: it is still refused, and other streams are saved."""
+    import threading
+
+    taken = uuid4()
+
+    class HeldStore(FaultInjectingStore):
+        def __init__(self, *a: object) -> None:
+            super().__init__(*a)  # type: ignore[arg-type]
+            self.started, self.go = threading.Event(), threading.Event()
+
+        def save(self, events: Sequence[DomainEvent]) -> int:
+            if any(e.originator_id == taken for e in events) and not self.go.is_set():
+                self.started.set()
+                self.go.wait(20)
+            return super().save(events)
+
+    async def main() -> None:
+        store = HeldStore(tmp_path / "events.db", tmp_path / "faults-on")
+        store.go.set()
+        store.save(fire_run.decide(RunState(taken), fire_cmd(taken)))  # another writer took version 1
+        store.go.clear()
+        writer = EventWriter(store)
+        writer.start()
+        stale_first = fire_run.decide(RunState(taken), fire_cmd(taken))
+        chained = append_content.decide(
+            fold(taken, list(stale_first)), AppendContent(run_id=taken, at=now(), text="lost")
+        )
+        first = writer.submit(stale_first)
+        assert await asyncio.to_thread(store.started.wait, 20)  # its save is in flight
+        later, other = writer.submit(chained), writer.submit(events(1))
+        store.go.set()
+        results = await asyncio.gather(first, later, other, return_exceptions=True)
+        assert isinstance(results[0], IntegrityError) and isinstance(results[1], IntegrityError)
+        assert isinstance(results[2], int)
+        assert [type(e).__name__ for e in store.stream(taken)] == ["Fired"]
+        await writer.close()
+        store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
