@@ -99,9 +99,10 @@ def test_the_running_projector_polls_for_appends_nobody_announced(tmp_path: Path
         runner = projection_runner(store, read_db_path(tmp_path), ledger_capacity=10, poll_interval=0.05)
         runner.start()
         follower = projection_follower(store, read_db_path(tmp_path))
-        fire(store)  # no notify, no wait_for
-        head = store.max_notification_id()
-        assert await follower.wait_for(head, timeout=20)
+        fire(store)
+        assert await follower.wait_for(store.max_notification_id(), timeout=20)  # its first step
+        fire(store)  # after the first step, with no notify and no wait_for: only the poll finds it
+        assert await follower.wait_for(store.max_notification_id(), timeout=20)
         await follower.stop()
         await runner.stop()
 
