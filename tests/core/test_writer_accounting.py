@@ -291,11 +291,11 @@ def test_a_submission_chained_on_a_refused_one_is_refused_in_a_later_batch_too(t
         )
         first = writer.submit(stale_first)
         assert await asyncio.to_thread(store.started.wait, 20)  # its save is in flight
-        later, other = writer.submit(chained), writer.submit(events(1))
+        later = writer.submit(chained)  # the next batch holds only this stale one
         store.go.set()
-        results = await asyncio.gather(first, later, other, return_exceptions=True)
+        results = await asyncio.gather(first, later, return_exceptions=True)
         assert isinstance(results[0], IntegrityError) and isinstance(results[1], IntegrityError)
-        assert isinstance(results[2], int)
+        assert isinstance(await writer.submit(events(1)), int)  # the writer goes on
         assert [type(e).__name__ for e in store.stream(taken)] == ["Fired"]
         await writer.close()
         store.close()
