@@ -31,3 +31,44 @@ def test_the_follower_sees_exactly_the_projectors_position(tmp_path: Path) -> No
     early, late, position = asyncio.run(scenario())
     assert (early, late, position) == (False, True, head)
     projector.close()
+
+
+def test_a_follower_waiting_sees_the_projector_catch_up_meanwhile(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
+    projector = runner(store, tmp_path)
+    fire(store)
+    head = store.max_notification_id()
+    follower = ProjectionFollower(read_db_path(tmp_path), poll_s=0.001)
+
+    async def scenario() -> bool:
+        waiting = asyncio.create_task(follower.wait_for(head, timeout=30))
+        await asyncio.sleep(0)  # the wait has started and found nothing projected
+        assert not waiting.done()
+        await asyncio.to_thread(projector.catch_up)
+        reached = await waiting
+        await follower.stop()
+        return reached
+
+    assert asyncio.run(scenario()) is True
+    projector.close()
+
+
+def test_a_follower_reports_a_missing_read_model_and_reconnects_after_stop(tmp_path: Path) -> None:
+    follower = ProjectionFollower(read_db_path(tmp_path))
+    assert follower.last_error is None
+    assert follower.position == 0 and "projection_tracking" in (follower.last_error or "")
+    store = EventStore(tmp_path / "events.db")
+    projector = runner(store, tmp_path)
+    fire(store)
+    projector.catch_up()
+
+    async def scenario() -> tuple[int, int]:
+        await follower.stop()
+        await follower.stop()  # twice is harmless
+        here = follower.position
+        # a worker thread may ask too (the connection is not tied to the thread that opened it)
+        return here, await asyncio.to_thread(lambda: follower.position)
+
+    head = store.max_notification_id()
+    assert asyncio.run(scenario()) == (head, head)
+    projector.close()

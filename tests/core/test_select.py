@@ -1,0 +1,109 @@
+"""An embedded (SQLite) event store gets SQLite read models: the runner, follower, reader and reset.
+
+`app/projections/select.py` is the one place that pairs an event store with its read
+models; these drive each of its functions with a real SQLite store and check what they do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.events.store import EventStore
+from app.projections import runs
+from app.projections.db import read_db_path
+from app.projections.select import (
+    projection_follower,
+    projection_runner,
+    read_connection,
+    reset_read_models_of,
+)
+from tests.core.helpers import end, fire
+
+
+def test_sqlite_read_models_follow_a_sqlite_store(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
+    path = read_db_path(tmp_path)
+    ids = [fire(store) for _ in range(3)]
+    for run_id in ids:
+        end(store, run_id)
+    runner = projection_runner(store, path, ledger_capacity=2, batch_size=2)
+    assert runner.catch_up() == store.max_notification_id()
+    conn = read_connection(store, path)
+    assert [r["request_id"] for r in runs.list_runs(conn)[0]] == [ids[2].hex, ids[1].hex]  # capacity 2
+    follower = projection_follower(store, path)
+    assert follower.position == store.max_notification_id()
+    asyncio.run(follower.stop())
+    runner.close()
+    conn.close()
+    reset_read_models_of(store, path)
+    conn = read_connection(store, path)
+    assert runs.list_runs(conn)[0] == []
+    rebuilt = projection_runner(store, path, ledger_capacity=10)
+    assert rebuilt.position == 0  # rebuilt from the start
+    rebuilt.catch_up()
+    assert runs.run_count(conn) == 3
+    rebuilt.close()
+    conn.close()
+
+
+def test_the_runner_options_reach_the_sqlite_runner(tmp_path: Path) -> None:
+    """The crash seam passed through select: a step that dies before its tracking row applies nothing."""
+    store = EventStore(tmp_path / "events.db")
+    fire(store)
+
+    def crash() -> None:
+        raise RuntimeError("killed between rows and tracking")
+
+    runner = projection_runner(
+        store, read_db_path(tmp_path), ledger_capacity=10, between_rows_and_tracking=crash
+    )
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.catch_up()
+    assert runs.run_count(runner.read_conn) == 0
+    runner.close()
+
+
+def test_the_running_projector_follows_appends_and_stops_cleanly(tmp_path: Path) -> None:
+    """The background projector (what `bmo serve` runs): notified appends are projected and
+    waited for, a step that fails is reported in last_error, and stop() ends it."""
+    store = EventStore(tmp_path / "events.db")
+
+    async def main() -> None:
+        runner = projection_runner(store, read_db_path(tmp_path), ledger_capacity=10)
+        reader = read_connection(store, read_db_path(tmp_path))  # its own connection: steps run meanwhile
+        assert runner.last_error is None
+        runner.start()
+        first = fire(store)
+        runner.notify(store.max_notification_id())
+        assert await runner.wait_for(store.max_notification_id(), timeout=20)
+        assert runs.get_run(reader, first.hex) is not None
+        end(store, first)
+        assert await runner.wait_for(store.max_notification_id(), timeout=20)  # woken by wait_for itself
+        assert runs.get_run(reader, first.hex)["outcome"] == "final_answer"  # type: ignore[index]
+        assert runner.last_error is None
+        assert not await runner.wait_for(store.max_notification_id() + 5, timeout=0.05)
+        await runner.stop()
+        reader.close()
+
+    asyncio.run(main())
+
+
+def test_the_running_projector_polls_for_appends_nobody_announced(tmp_path: Path) -> None:
+    """Another process appends (no notify reaches this one): the projector's poll finds it."""
+    store = EventStore(tmp_path / "events.db")
+
+    async def main() -> None:
+        runner = projection_runner(store, read_db_path(tmp_path), ledger_capacity=10, poll_interval=0.05)
+        runner.start()
+        follower = projection_follower(store, read_db_path(tmp_path))
+        fire(store)
+        assert await follower.wait_for(store.max_notification_id(), timeout=20)  # its first step
+        fire(store)  # after the first step, with no notify and no wait_for: only the poll finds it
+        assert await follower.wait_for(store.max_notification_id(), timeout=20)
+        await follower.stop()
+        await runner.stop()
+
+    asyncio.run(main())
