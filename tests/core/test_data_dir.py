@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.events.store import EventStore, open_event_store
+from app.events.select import open_event_store
+from app.events.store import EventStore
 from app.projections.db import open_read_db, read_db_path
 from tests.core.helpers import fire
 

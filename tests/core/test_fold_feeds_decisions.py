@@ -7,10 +7,9 @@ fact (queued, started, the steps taken) shows up as a wrong next decision.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from uuid import UUID, uuid4
-
-import msgspec
 
 from app.commands import cancel_run, fire_run, queue_run, record_model_call, start_run
 from app.events.run import Cancelled, RunState, fold
@@ -106,7 +105,7 @@ def test_a_question_carries_who_fired_the_run_and_is_asked_once() -> None:
     from app.commands import ask_permission
 
     run_id = uuid4()
-    fire = msgspec.structs.replace(fire_cmd(run_id, "s1"), requester="alice")
+    fire = dataclasses.replace(fire_cmd(run_id, "s1"), requester="alice")
     events: list[Any] = list(fire_run.decide(RunState(run_id), fire))
 
     def ask(question: str) -> tuple[Any, ...]:

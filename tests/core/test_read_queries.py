@@ -7,10 +7,10 @@ projected, then read back through the public query functions of `app/projections
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from uuid import UUID, uuid4
 
-import msgspec
 import msgspec.structs as structs
 
 from app.commands import ask_permission, finish_run
@@ -246,7 +246,7 @@ def test_route_counts_and_the_top_user_agents(tmp_path: Path) -> None:
     for ua, n in agents.items():
         for _ in range(n):
             run_id = uuid4()
-            cmd = msgspec.structs.replace(fire_cmd(run_id), client_ua=ua)
+            cmd = dataclasses.replace(fire_cmd(run_id), client_ua=ua)
             store.save(decide_fire(RunState(run_id), cmd))
     fire(store, route="posture")
     r = runner(store, tmp_path)

@@ -161,7 +161,7 @@ def test_a_durable_submission_fails_with_the_stores_error_and_leaves_the_outbox(
         durable = writer.submit(events(2), durable=True)
         with pytest.raises(PersistFailed) as failed:
             await durable
-        assert str(failed.value) == writer.state.last_error
+        assert failed.value.reason == writer.state.last_error
         kept = [writer.submit(events(1)) for _ in range(3)]  # the failed two no longer count
         assert writer.state.overflowed_events == 0
         switch.unlink()

@@ -28,8 +28,8 @@ from app.commands.execute import Executor
 from app.commands.queue_run import QueueRun
 from app.errors import SessionQueueFull
 from app.events.run import ContentAppended, Finished, Fired, HistoryDiverged, Queued, fold
+from app.events.select import open_event_store
 from app.events.session import RunQueued, session_uuid
-from app.events.store import open_event_store
 from app.events.writer import EventWriter
 from app.providers.catalog import ModelCatalog
 from app.providers.local import LocalProvider
