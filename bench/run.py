@@ -72,6 +72,7 @@ class Plan:
     workers: int = 1  # `bmo serve --workers`
     baseline_tree: str = ""  # a second bmo arm from this checkout ("bmo (before)")
     pin_load: str = ""  # taskset CPU list for the mock and every load tool ("" = not pinned)
+    idle_s: float = 60.0  # the idle-CPU window: at 10 ms ticks, 60 s resolve 0.017 % of a core
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -87,6 +88,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             lag_interval=0.05,
             hold_streams=200,
             hold_ms=2500,
+            idle_s=5.0,
             limit_s=args.limit,
             litellm=not args.no_litellm,
             **_options(args),
@@ -436,8 +438,12 @@ def warm_up(h: Harness) -> dict[str, Any]:
     return out
 
 
-def idle_cpu(h: Harness, seconds: float = 3.0) -> dict[str, dict[str, float]]:
-    """CPU (in cores) and RSS of each arm's process tree while nobody sends it anything."""
+def idle_cpu(h: Harness, seconds: float) -> dict[str, dict[str, float]]:
+    """CPU (in cores) and RSS of each arm's process tree while nobody sends it anything.
+
+    Every arm is measured over the same window; the window is long (60 s) because
+    the CPU counters tick every 10 ms, and 0.1 % of a core is one tick in 10 s.
+    """
     before = {name: tree_cpu_seconds(arm.roots).seconds for name, arm in h.arms.items()}
     time.sleep(seconds)
     return {
@@ -587,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             start_all(h)
             print(f"[{h.elapsed():6.1f}s] arms up: {sorted(h.arms)}", file=sys.stderr, flush=True)
             warm = warm_up(h)
-            idle = idle_cpu(h)
+            idle = idle_cpu(h, plan.idle_s)
             for metric in h.metrics:
                 run_metric(h, metric)
         finally:
