@@ -787,7 +787,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
 **Reproduce with one command** (from the repository root, on an otherwise idle machine):
 
 ```bash
-python -m bench.run            # defaults: 10 s headline runs, 2 interleaved rounds, < 10 min
+python -m bench.run            # defaults: 10 s headline runs, 2 interleaved rounds, < 15 min
 python -m bench.run --quick    # smoke run, ~2-3 min
 python -m bench.report         # rewrite this page from bench/results/latest.json
 ```
@@ -855,7 +855,7 @@ arm's (for a pair, of the first value); for latency and CPU lower is better, for
 - wrk is closed-loop (a slow response delays the next request on that connection: coordinated omission);
   the open-loop sweep is the correction. wrk2 is not available here.
 - Headline runs are {plan["duration"]:.0f} s; TTFT, c=8 and c=64 runs {plan["short"]:.0f} s, sweep steps
-  {plan["step"]:.0f} s, to keep the whole run under 10 minutes.
+  {plan["step"]:.0f} s, to keep the whole run under 15 minutes.
 - CPU comes from `/proc` clock ticks (10 ms resolution): fine over thousands of requests, coarse for LiteLLM's
   few hundred. RSS is the sum over the process tree (shared pages count once per process).
 - bmo's events/s is the growth of `stored_events` in `$BMO_GLOBAL_DATA/events.db` during the run divided by

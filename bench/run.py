@@ -7,7 +7,7 @@ that background noise hits every arm alike. Every process it starts is in its
 own process group and is killed on exit, failure or SIGTERM. Traffic goes to
 127.0.0.1 only. Raw results: `bench/results/latest.json`.
 
-    python -m bench.run              # defaults: 10 s runs, 2 rounds, < 10 minutes
+    python -m bench.run              # defaults: 10 s runs, 2 rounds, < 15 minutes
     python -m bench.run --quick      # a ~2-3 minute smoke run
     python -m bench.run --baseline-tree /path/to/old/checkout   # adds the arm `bmo (before)`
     python -m bench.run --workers 2 --pin-load 0                # see "Two workers" in bench/README.md
@@ -546,7 +546,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per metric (default 2)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (~2-3 minutes)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM arm")
-    parser.add_argument("--limit", type=float, default=540.0, help="start no new run after this many seconds")
+    parser.add_argument("--limit", type=float, default=900.0, help="start no new run after this many seconds")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
     parser.add_argument(
         "--baseline-tree",
