@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app.agent.sessions import SessionService
 from app.commands.execute import Executor
 from app.events.lease import OwnLease
-from app.events.postgres_store import PostgresEventStore
 from app.recovery import REASON, close_run, drop_queued
 from app.telemetry import Records
 
@@ -33,9 +33,18 @@ __all__ = ["REASON", "Liveness"]
 log = logging.getLogger(__name__)
 
 
+class LeaseStore(Protocol):
+    """The two lease operations liveness needs from the shared store (PostgreSQL's
+    `PostgresEventStore` has them); liveness never reads or writes events itself."""
+
+    def hold_lease(self, addr: str, lease_s: float) -> None: ...
+
+    def abandoned_runs(self) -> list[str]: ...
+
+
 @dataclass
 class Liveness:
-    store: PostgresEventStore
+    store: LeaseStore
     executor: Executor
     sessions: SessionService
     records: Records
