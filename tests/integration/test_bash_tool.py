@@ -172,6 +172,37 @@ def test_cancel_kills_children(ws: Path, ctx: ToolContext) -> None:
     assert wait_gone(pids) == []
 
 
+@pytest.mark.parametrize("turns", [1, 2, 3, 5, 8])
+def test_a_cancel_at_any_step_of_the_start_kills_every_child(ws: Path, ctx: ToolContext, turns: int) -> None:
+    """The shell may run, and start children, before asyncio has connected its pipes: a cancel
+    landing then must kill the whole group, not only the shell (asyncio's own clean-up)."""
+    command = "sleep 60 & echo $! >> pids; sleep 60 & echo $! >> pids; echo $$ >> pids; wait"
+    pids_file = ws / "pids"
+
+    async def scenario() -> list[int]:
+        task = asyncio.create_task(Bash().run({"command": command}, ctx))
+        deadline = time.monotonic() + 30
+        for _ in range(turns):  # let the start proceed this many loop turns
+            await asyncio.sleep(0)
+        # then hold the loop (the set-up cannot advance) until the command has its children
+        while len(read_pids(pids_file)) < 3:
+            assert time.monotonic() < deadline, "command did not start"
+            if task.done():
+                break
+            time.sleep(0.01)
+            if len(read_pids(pids_file)) < 3:
+                await asyncio.sleep(0)
+        pids = read_pids(pids_file)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return pids
+
+    pids = asyncio.run(scenario())
+    assert len(pids) == 3
+    assert wait_gone(pids) == []
+
+
 def test_background_processes_do_not_outlive_the_command(ctx: ToolContext) -> None:
     started = time.monotonic()
     result = run({"command": "sleep 60 & echo $!"}, ctx)

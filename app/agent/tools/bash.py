@@ -112,18 +112,39 @@ async def spawn_guarded(
     """Start `argv` in its own process group with a scrubbed environment, the parent-death
     signal armed and (with `records`) a group record, so it cannot outlive the server."""
     marker = GroupRecords.new_marker()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env={**env, MARKER_VAR: marker},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
-        start_new_session=True,  # own process group, so the group can be killed
-        preexec_fn=die_with_parent(),
+    creating = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env={**env, MARKER_VAR: marker},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+            start_new_session=True,  # own process group, so the group can be killed
+            preexec_fn=die_with_parent(),
+        )
     )
+    try:
+        proc = await asyncio.shield(creating)
+    except BaseException:
+        await _kill_once_created(creating)
+        raise
     record = records.add(marker, proc.pid) if records is not None else None
     return GuardedProcess(proc, records, record)
+
+
+async def _kill_once_created(creating: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    """A call cancelled while its process was being set up: the process may already be
+    running (and have started children) before the pipes are connected; asyncio would
+    then kill the leader alone. Let the set-up finish and kill the whole group."""
+    while not creating.done():  # a further cancel must not cancel the set-up (asyncio's own kill)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(creating)
+    if creating.cancelled() or creating.exception() is not None:
+        return
+    proc = creating.result()
+    kill_group(proc.pid, signal.SIGKILL)
+    await reap(proc)
 
 
 def kill_group(pgid: int, sig: int) -> bool:
