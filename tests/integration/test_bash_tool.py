@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +151,17 @@ def test_timeout_is_clamped_and_defaulted(ctx: ToolContext) -> None:
     assert "killed after 0.2 s" in defaulted.content
 
 
-def test_cancel_kills_children(ws: Path, ctx: ToolContext) -> None:
-    command = "sleep 60 & echo $! >> pids; sleep 60 & echo $! >> pids; echo $$ >> pids; wait"
-    pids_file = ws / "pids"
+CHILDREN = "sleep 60 & echo $! >> pids; sleep 60 & echo $! >> pids; echo $$ >> pids; wait"
+StartWait = Callable[[asyncio.Task[ToolResult], Path], Awaitable[None]]
+
+
+def cancel_with_children(ws: Path, ctx: ToolContext, wait_for_start: StartWait) -> list[int]:
+    """Run CHILDREN, cancel the call once `wait_for_start` returns; the pids it had written."""
 
     async def scenario() -> list[int]:
-        task = asyncio.create_task(Bash().run({"command": command}, ctx))
-        deadline = time.monotonic() + 30  # a loaded machine spawns slowly
-        while len(read_pids(pids_file)) < 3:
-            assert time.monotonic() < deadline, "command did not start"
-            await asyncio.sleep(0.02)
-        pids = read_pids(pids_file)
-        assert all(alive(p) for p in pids)
+        task = asyncio.create_task(Bash().run({"command": CHILDREN}, ctx))
+        await wait_for_start(task, ws / "pids")
+        pids = read_pids(ws / "pids")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -169,38 +169,37 @@ def test_cancel_kills_children(ws: Path, ctx: ToolContext) -> None:
 
     pids = asyncio.run(scenario())
     assert len(pids) == 3
-    assert wait_gone(pids) == []
+    return pids
+
+
+def test_cancel_kills_children(ws: Path, ctx: ToolContext) -> None:
+    async def started(task: asyncio.Task[ToolResult], pids_file: Path) -> None:
+        deadline = time.monotonic() + 30  # a loaded machine spawns slowly
+        while len(read_pids(pids_file)) < 3:
+            assert time.monotonic() < deadline, "command did not start"
+            await asyncio.sleep(0.02)
+        assert all(alive(p) for p in read_pids(pids_file))
+
+    assert wait_gone(cancel_with_children(ws, ctx, started)) == []
 
 
 @pytest.mark.parametrize("turns", [1, 2, 3, 5, 8])
 def test_a_cancel_at_any_step_of_the_start_kills_every_child(ws: Path, ctx: ToolContext, turns: int) -> None:
     """The shell may run, and start children, before asyncio has connected its pipes: a cancel
     landing then must kill the whole group, not only the shell (asyncio's own clean-up)."""
-    command = "sleep 60 & echo $! >> pids; sleep 60 & echo $! >> pids; echo $$ >> pids; wait"
-    pids_file = ws / "pids"
 
-    async def scenario() -> list[int]:
-        task = asyncio.create_task(Bash().run({"command": command}, ctx))
+    async def held_after(task: asyncio.Task[ToolResult], pids_file: Path) -> None:
         deadline = time.monotonic() + 30
         for _ in range(turns):  # let the start proceed this many loop turns
             await asyncio.sleep(0)
         # then hold the loop (the set-up cannot advance) until the command has its children
-        while len(read_pids(pids_file)) < 3:
+        while len(read_pids(pids_file)) < 3 and not task.done():
             assert time.monotonic() < deadline, "command did not start"
-            if task.done():
-                break
             time.sleep(0.01)
             if len(read_pids(pids_file)) < 3:
                 await asyncio.sleep(0)
-        pids = read_pids(pids_file)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return pids
 
-    pids = asyncio.run(scenario())
-    assert len(pids) == 3
-    assert wait_gone(pids) == []
+    assert wait_gone(cancel_with_children(ws, ctx, held_after)) == []
 
 
 def test_background_processes_do_not_outlive_the_command(ctx: ToolContext) -> None:
