@@ -74,7 +74,6 @@ class Tracing:
             from app import tracing_sdk
 
             self._sdk = tracing_sdk
-            self._tracer = pipeline.tracer
 
     @property
     def enabled(self) -> bool:
@@ -214,10 +213,8 @@ class Tracing:
         attributes: Mapping[str, Any],
         start_time: int | None = None,
     ) -> Span:
-        context = self._sdk.set_span_in_context(parent) if parent is not None else None  # type: ignore[union-attr]
-        return self._tracer.start_span(
-            name, context=context, kind=kind, attributes=attributes, start_time=start_time
-        )
+        assert self._pipeline is not None  # callers run only while `_sdk` is set
+        return self._pipeline.start(name, parent, kind, attributes, start_time)  # type: ignore[no-any-return]
 
     def _past(
         self,
