@@ -233,6 +233,11 @@ class _KeepAlive:
         """The next event, or None when `every_s` passed without one."""
         if self._pending is None:
             self._pending = asyncio.ensure_future(anext(self._events))
+            # One loop turn lets the pull take its first step: when the event was already
+            # buffered (most chunks of a stream) it is done now, and the waiter, the
+            # keep-alive timer and a second loop turn are skipped (~8 % of a streamed
+            # request's loop-thread CPU, docs/performance-analysis.md).
+            await asyncio.sleep(0)
         pending = self._pending
         if not pending.done():
             await self._first_of(pending)
