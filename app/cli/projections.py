@@ -136,10 +136,15 @@ def run(
     wake = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set(), wake.set()), daemon=True).start()
     bell = None
+    listening = threading.Event()  # set: the doorbell thread answers the next ring
+    listening.set()
     if _on_sqlite():  # bound before the first step: a commit after it always rings us
         data.mkdir(parents=True, exist_ok=True)
         bell = DoorbellListener(socket_path(data))
-        threading.Thread(target=_answer_rings, args=(bell, wake), name="doorbell", daemon=True).start()
+        answer = threading.Thread(
+            target=_answer_rings, args=(bell, wake, listening), name="doorbell", daemon=True
+        )
+        answer.start()
     opened = _open_until_up(data, ledger_capacity, stop)
     if opened is None:
         return 0
@@ -154,6 +159,9 @@ def run(
         wake.clear()
         if (pause := busy_until - time.monotonic()) > 0:
             stop.wait(pause)
+        if bell is not None:
+            bell.drain()  # rang before this step: the step reads what they rang for
+            listening.set()  # a ring from now on may be for a commit this step misses
         try:
             before = runner.position
             if runner.step():
@@ -178,11 +186,19 @@ def _on_sqlite() -> bool:
         return False
 
 
-def _answer_rings(bell: DoorbellListener, wake: Any) -> None:
-    """The doorbell thread: blocked in `select` until a writer rings, then wakes the loop."""
+def _answer_rings(bell: DoorbellListener, wake: Any, listening: Any) -> None:
+    """The doorbell thread: blocked in `select` until a writer rings, then wakes the loop.
+
+    After one ring it stops listening until the loop is about to step again (the loop
+    drains what rang meanwhile itself, then sets `listening`): rings during a step or the
+    pause between steps queue in the socket and wake nobody, so a busy projector is woken
+    once per step, not once per commit, and a writer's ring costs it no wake-up.
+    """
     while bell.bound:
+        listening.wait()
         try:
             if bell.wait(None):
+                listening.clear()
                 wake.set()
         except (OSError, ValueError):  # closed at exit
             return
