@@ -5,7 +5,9 @@ whose `app/` is run), then runs wrk against each in turn, alternating which goes
 round after round, and reads each thread's CPU (`/proc/PID/task/TID/schedstat`) around every
 run. Python thread names come from `py-spy dump` (the loop is `MainThread`, the event writer's
 and projector's executor threads `uvloop_0`, OpenTelemetry's export thread
-`OtelBatchSpanRecordProcessor`); granian's own threads show as `native:...`. Per-thread CPU
+`OtelBatchSpanRecordProcessor`); granian's own threads show as `native:...`. Wake-ups per
+request (voluntary context switches) are given beside the CPU: on a VM each costs more
+than the work many of them wake up for. Per-thread CPU
 time is hardly affected by other load on the machine, unlike latency, so A/B differences of
 a few percent can be read on a shared machine when the rounds are interleaved.
 
@@ -59,14 +61,19 @@ def _run(arm: arms_mod.Arm, script: Path, connections: int, seconds: float, name
     result = parse_wrk(done.stdout)
     requests = max(1, int(result["requests"]))
     spent: collections.Counter[str] = collections.Counter()
+    woke: collections.Counter[str] = collections.Counter()
     for key, sample in after.items():
         cpu_ns = sample.cpu_ns - (before[key].cpu_ns if key in before else 0)
         role = process_role(sample.pid)
         role = "worker" if role.startswith("worker") else role
-        spent[f"{role}/{_group(names, sample.tid, sample.name)}"] += cpu_ns
+        group = f"{role}/{_group(names, sample.tid, sample.name)}"
+        spent[group] += cpu_ns
+        woke[group] += sample.wakeups - (before[key].wakeups if key in before else 0)
     out = {key: ns / 1e6 / requests for key, ns in spent.items() if ns / 1e6 / requests >= 0.001}
-    out["= worker"] = sum(v for k, v in out.items() if k.startswith("worker/"))
-    out["= projector"] = sum(v for k, v in out.items() if k.startswith("projector/"))
+    out.update({f"{key} (wake-ups)": n / requests for key, n in woke.items() if n / requests >= 0.01})
+    cpu = {k: v for k, v in out.items() if not k.endswith("(wake-ups)")}
+    out["= worker"] = sum(v for k, v in cpu.items() if k.startswith("worker/"))
+    out["= projector"] = sum(v for k, v in cpu.items() if k.startswith("projector/"))
     out["rps"] = result["rps"]
     return out
 
