@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
@@ -24,9 +25,11 @@ class HealthController(Controller):
 
     @get(
         "/readyz",
-        summary="Readiness: store writable, projector caught up within 1 s",
+        summary="Readiness: store writable, projector running and caught up within 1 s",
         operation_class=Documented,
-        responses=errors(503, s503="the store is not writable, or the projector lags more than 1 s"),
+        responses=errors(
+            503, s503="the store is not writable, the projector has not started, or it lags more than 1 s"
+        ),
     )
     async def readyz(self, state: State) -> Response[HealthStatus]:
         deps: HttpDeps = state.deps
@@ -36,6 +39,10 @@ class HealthController(Controller):
             raise ServiceUnavailable(
                 f"event store is not writable: {exc}", code="store_not_writable"
             ) from exc
+        if not await _projector_listening(deps.projector, 1.0):
+            raise ServiceUnavailable(
+                "projector has not started yet (its doorbell socket is not bound)", code="projector_starting"
+            )
         head = await asyncio.to_thread(deps.store.max_notification_id)
         if not await deps.projector.wait_for(head, 1.0):
             raise ServiceUnavailable(
@@ -44,6 +51,22 @@ class HealthController(Controller):
             )
         checks = {"store": "writable", "projector": "caught up", **_store_identity(deps.store)}
         return Response(HealthStatus(status="ready", checks=checks))
+
+
+async def _projector_listening(projector: Any, timeout: float) -> bool:
+    """Wait (bounded) until the projector would wake on this worker's commits.
+
+    `bmo serve` starts the projector process beside the workers. A worker ready
+    before it had its first commits' rings lost, and the first reads waited for
+    the projector's start-up (0.2-0.75 s in the 500-stream load test).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not projector.listening():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def _store_identity(store: object) -> dict[str, str]:

@@ -72,6 +72,18 @@ class Doorbell:
             # EAGAIN: its queue is full, so it has rings to wake on already.
             pass
 
+    def answered(self) -> bool:
+        """True when a projector is bound to the socket, so a ring now would wake it.
+
+        Before the projector process has started, rings are lost (it catches up on
+        the store when it starts), and a reader waiting for it waits for its start-up.
+        """
+        address = _Address(self._path)
+        try:
+            return _alive(address.text)
+        finally:
+            address.close()
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

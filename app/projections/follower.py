@@ -22,7 +22,7 @@ __all__ = ["ProjectionFollower"]
 class ProjectionFollower:
     """The projector-shaped view a worker uses when projection runs elsewhere."""
 
-    def __init__(self, db_path: Path, *, poll_s: float = 0.005) -> None:
+    def __init__(self, db_path: Path, *, poll_s: float = 0.001) -> None:
         self._db_path = db_path
         self._poll = poll_s
         self._conn: sqlite3.Connection | None = None
@@ -49,7 +49,17 @@ class ProjectionFollower:
         """The writer committed (its `on_commit`): wake the projector process."""
         self._bell.ring()
 
+    def listening(self) -> bool:
+        """The projector process is up and bound to its doorbell (`bmo serve` starts it beside
+        the workers): until then this worker's rings are lost and a read waits for its start-up."""
+        return self._bell.answered()
+
     async def wait_for(self, position: int, timeout: float) -> bool:
+        """Poll the tracking row every `poll_s` (1 ms) while a read waits: one indexed SELECT.
+
+        At 5 ms the poll alone was most of an operator read's median under 500 streams
+        (the projector itself applies a step in about 0.5 ms); nothing polls while no read waits.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.position < position:

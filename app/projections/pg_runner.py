@@ -168,6 +168,10 @@ class PgProjectionFollower:
     def notify(self, _position: int = 0) -> None:
         pass  # the projector process hears the store's NOTIFY itself
 
+    def listening(self) -> bool:
+        """Not checked here: workers do not ring a PostgreSQL projector (it hears the store's NOTIFY)."""
+        return True
+
     async def wait_for(self, position: int, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

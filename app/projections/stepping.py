@@ -43,6 +43,10 @@ class Stepping:
             pass
         return self.position
 
+    def listening(self) -> bool:
+        """Always: this projector runs in this process and is woken by `notify` directly."""
+        return True
+
     async def wait_for(self, position: int, timeout: float) -> bool:
         """True once everything up to `position` is projected."""
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from app.events.store import EventStore
 from app.projections.db import read_db_path
+from app.projections.doorbell import DoorbellListener, socket_path
 from app.projections.follower import ProjectionFollower
 from tests.core.helpers import fire, runner
 
@@ -72,3 +73,16 @@ def test_a_follower_reports_a_missing_read_model_and_reconnects_after_stop(tmp_p
     head = store.max_notification_id()
     assert asyncio.run(scenario()) == (head, head)
     projector.close()
+
+
+def test_a_follower_knows_whether_the_projector_process_listens(tmp_path: Path) -> None:
+    """Readiness waits for this: before the projector binds its doorbell, a worker's rings are lost."""
+    follower = ProjectionFollower(read_db_path(tmp_path))
+    assert follower.listening() is False
+    listener = DoorbellListener(socket_path(tmp_path))
+    try:
+        assert follower.listening() is True
+    finally:
+        listener.close()
+    assert follower.listening() is False
+    asyncio.run(follower.stop())

@@ -9,12 +9,15 @@ shows up as wake-ups even when each one is cheap; a 10 ms poll is 100 a second.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from app.projections.doorbell import Doorbell, socket_path
 from tests.e2e.server import BmoServer
 from tests.e2e.test_sessions import config, content_of, post, runs
 from tests.fakes.openai_upstream import FakeOpenAI, Text
@@ -128,3 +131,48 @@ def test_projection_keeps_up_without_polling(make_server: Callable[..., BmoServe
                 rows = http.get("/v1/openai-compat/runs", params={"limit": 100}).json()["data"]
                 mine = [r for r in rows if r["request_id"] == response.headers["x-request-id"]]
                 assert mine and mine[0]["outcome"] == "final_answer", (i, rows)
+
+
+def test_ready_means_the_projector_hears_the_first_write(make_server: Callable[..., BmoServer]) -> None:
+    """`/readyz` answers 200 only once the projector process is up, so the first run is read at once.
+
+    The projector starts beside the workers; a worker that was ready before it lost its
+    first commits' rings, and the first operator reads waited for the projector's start-up
+    (0.2-0.75 s under load).
+    """
+    with FakeOpenAI(models=("fake-model", "other-model")) as upstream:
+        upstream.script(Text("first"))
+        server = make_server(config_text=config(upstream), extra_env={"BMO_PROJECTOR_POLL_MS": str(600_000)})
+        # ready: the projector is bound to its doorbell already (a ring now wakes it)
+        assert Doorbell(socket_path(server.data_dir)).answered()
+        response = post(server, "the first question")
+        assert content_of(response) == "first"
+        with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=30) as http:
+            rows = http.get("/v1/openai-compat/runs", params={"route": "chat_completions"}).json()["data"]
+            posture = http.get("/v1/openai-compat/posture").json()
+        assert [(r["request_id"], r["outcome"]) for r in rows] == [
+            (response.headers["x-request-id"], "final_answer")
+        ]
+        assert posture["routes"]["chat_completions"] == 1
+        assert [o["request_id"] for o in posture["recent_outcomes"]] == [response.headers["x-request-id"]]
+
+
+def test_not_ready_while_the_projector_process_is_gone(make_server: Callable[..., BmoServer]) -> None:
+    server = make_server()
+    assert server.proc is not None
+    assert httpx.get(server.base_url + "/readyz").status_code == 200
+    projector = [p for p in _tree(server.proc.pid) if "projections run" in " ".join(_names([p]))]
+    assert len(projector) == 1, _names(_tree(server.proc.pid))
+    os.kill(projector[0], signal.SIGKILL)  # this test's own server's projector
+    _wait_until(lambda: not Path(f"/proc/{projector[0]}/cmdline").exists() or _zombie(projector[0]), "gone")
+    response = httpx.get(server.base_url + "/readyz", timeout=10)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "projector_starting"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"

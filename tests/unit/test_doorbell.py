@@ -60,3 +60,21 @@ def test_a_live_projector_keeps_its_socket(tmp_path: Path) -> None:
     finally:
         bell.close()
         first.close()
+
+
+def test_answered_only_while_a_projector_is_bound(tmp_path: Path) -> None:
+    """What readiness asks: would a ring now wake a projector? (whatever the path length)"""
+    for directory in (tmp_path, _deep(tmp_path)):
+        bell = Doorbell(socket_path(directory))
+        assert bell.answered() is False  # no socket file: the projector has not started
+        listener = DoorbellListener(socket_path(directory))
+        try:
+            assert listener.bound and bell.answered() is True
+        finally:
+            listener.close()
+        assert bell.answered() is False  # it exited
+        bell.close()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(socket_path(tmp_path)))
+    stale.close()  # a socket file nobody reads: a projector that died
+    assert Doorbell(socket_path(tmp_path)).answered() is False
