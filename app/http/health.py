@@ -41,7 +41,9 @@ class HealthController(Controller):
             ) from exc
         if not await _projector_listening(deps.projector, 1.0):
             raise ServiceUnavailable(
-                "projector has not started yet (its doorbell socket is not bound)", code="projector_starting"
+                "no projector answers on its doorbell socket yet (starting, or waiting for a previous"
+                " projector to exit: see the projector's log)",
+                code="projector_starting",
             )
         head = await asyncio.to_thread(deps.store.max_notification_id)
         if not await deps.projector.wait_for(head, 1.0):

@@ -127,6 +127,18 @@ class DoorbellListener:
             return False
         return True
 
+    def rebind(self) -> bool:
+        """Try again to bind (True once bound): the projector that held the socket may have exited.
+
+        A projector started while its predecessor was still finishing its last catch-up
+        finds the socket taken; without a retry it would stay deaf to rings (and the
+        workers' readiness, which asks whether a projector answers, would never return).
+        """
+        if not self.bound and self._bind():
+            self.bound = True
+            self._inode = os.stat(self._address.text).st_ino
+        return self.bound
+
     def fileno(self) -> int:
         return self._sock.fileno()
 

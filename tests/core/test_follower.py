@@ -86,3 +86,52 @@ def test_a_follower_knows_whether_the_projector_process_listens(tmp_path: Path) 
         listener.close()
     assert follower.listening() is False
     asyncio.run(follower.stop())
+
+
+def test_many_waiting_reads_share_one_poll(tmp_path: Path) -> None:
+    """A read that waits costs no poll of its own: a few hundred waiting probes must not
+    each query the tracking row every tick (they filled the worker's event loop)."""
+    store = EventStore(tmp_path / "events.db")
+    projector = runner(store, tmp_path)
+    fire(store)
+    head = store.max_notification_id()
+    reads = 0
+
+    class Counting(ProjectionFollower):
+        @property
+        def position(self) -> int:
+            nonlocal reads
+            reads += 1
+            return super().position
+
+    follower = Counting(read_db_path(tmp_path), poll_s=0.001)
+
+    async def scenario() -> tuple[int, list[bool]]:
+        waits = [asyncio.create_task(follower.wait_for(head, timeout=30)) for _ in range(200)]
+        while reads < 200:  # each wait looked once on its way in
+            await asyncio.sleep(0)
+        before = reads
+        while reads == before:  # the first poll tick
+            await asyncio.sleep(0)
+        one_tick = reads - before
+        await asyncio.to_thread(projector.catch_up)
+        reached = await asyncio.gather(*waits)
+        await follower.stop()
+        return one_tick, reached
+
+    one_tick, reached = asyncio.run(scenario())
+    assert one_tick == 1  # one SELECT for all 200 waiting reads (a poll each: 200)
+    assert reached == [True] * 200
+    projector.close()
+
+
+def test_a_wait_that_times_out_leaves_no_waiter_behind(tmp_path: Path) -> None:
+    follower = ProjectionFollower(read_db_path(tmp_path), poll_s=0.001)
+
+    async def scenario() -> tuple[bool, int]:
+        reached = await follower.wait_for(10, timeout=0.01)
+        left = len(follower._waiters)
+        await follower.stop()
+        return reached, left
+
+    assert asyncio.run(scenario()) == (False, 0)

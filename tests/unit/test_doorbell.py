@@ -78,3 +78,23 @@ def test_answered_only_while_a_projector_is_bound(tmp_path: Path) -> None:
     stale.bind(str(socket_path(tmp_path)))
     stale.close()  # a socket file nobody reads: a projector that died
     assert Doorbell(socket_path(tmp_path)).answered() is False
+
+
+def test_a_projector_that_found_the_socket_taken_binds_once_it_is_free(tmp_path: Path) -> None:
+    """A projector started while its predecessor finished its last catch-up must not stay
+    deaf to rings for good (readiness asks whether a projector answers)."""
+    first = DoorbellListener(socket_path(tmp_path))
+    second = DoorbellListener(socket_path(tmp_path))
+    bell = Doorbell(socket_path(tmp_path))
+    try:
+        assert first.bound and not second.bound
+        assert second.rebind() is False  # still held by a live projector
+        first.close()  # the predecessor exits and unlinks its socket
+        assert bell.answered() is False
+        assert second.rebind() is True and bell.answered() is True
+        bell.ring()
+        assert second.wait(5.0) is True
+    finally:
+        bell.close()
+        first.close()
+        second.close()
