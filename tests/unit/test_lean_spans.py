@@ -129,3 +129,27 @@ def test_what_would_change_the_spans_uses_the_sdk_tracer(
     if "OTEL_TRACES_SAMPLER" not in env:
         texts = [v for s in ended for v in (s.attributes or {}).values() if isinstance(v, str)]
         assert texts and all(len(v) <= 3 for v in texts)
+
+
+def test_bmos_own_encoder_sends_the_same_bytes_for_lean_and_sdk_spans() -> None:
+    """What goes on the wire: lean spans hand `OtlpEncoder` plain dicts and tuples, the SDK's spans
+    its own types; the exporter's request must not tell them apart."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from app.otlp_encode import OtlpEncoder
+
+    lean, _ = _record(lean=True)
+    sdk, _ = _record(lean=False)
+
+    def decoded(spans: list[ReadableSpan]) -> Any:
+        request = ExportTraceServiceRequest.FromString(OtlpEncoder().encode(spans))
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    span.trace_id = span.span_id = span.parent_span_id = b""
+                    span.start_time_unix_nano = span.end_time_unix_nano = 0
+                    for event in span.events:
+                        event.time_unix_nano = 0
+        return request
+
+    assert decoded(lean) == decoded(sdk) == _comparable(sdk)[0]
