@@ -107,3 +107,28 @@ def test_the_running_projector_polls_for_appends_nobody_announced(tmp_path: Path
         await runner.stop()
 
     asyncio.run(main())
+
+
+def test_the_running_projector_stops_when_a_wake_up_comes_with_the_stop(tmp_path: Path) -> None:
+    """stop() right after a notify (the writer committed as the server shuts down) ends the
+    projector: on Python 3.11 `asyncio.wait_for` swallowed a cancel that arrived with the
+    wake-up, and stop() then waited for ever (it hung the mutation run's stats phase)."""
+    store = EventStore(tmp_path / "events.db")
+
+    async def main() -> None:
+        runner = projection_runner(store, read_db_path(tmp_path), ledger_capacity=10, poll_interval=3600)
+        runner.start()
+        fire(store)
+        runner.notify()
+        assert await runner.wait_for(store.max_notification_id(), timeout=20)
+        woken = runner._woken()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not woken._waiters:  # type: ignore[attr-defined]  # idle: waiting to be woken
+            assert loop.time() < deadline, "the projector never went idle"
+            await asyncio.sleep(0.01)
+        runner.notify()
+        done, _ = await asyncio.wait({asyncio.ensure_future(runner.stop())}, timeout=20)
+        assert done, "stop() never returned"
+
+    asyncio.run(main())
