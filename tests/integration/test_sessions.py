@@ -49,7 +49,8 @@ class Harness:
         self.store = open_event_store(tmp / "data", self.switch)
         self.log = tmp / "log.jsonl"
         self.records = Records(self.log)
-        self.writer = EventWriter(self.store, unavailable_wait_s=0.2)
+        # short waits (`bmo serve`: 5 s, and retries up to 2 s apart) keep the failing-store cases quick
+        self.writer = EventWriter(self.store, unavailable_wait_s=0.2, backoff_cap_s=0.2)
         self.executor = Executor(self.store, self.writer)
         workspace = tmp / "ws"
         workspace.mkdir()
@@ -70,6 +71,7 @@ class Harness:
             records=self.records,
             defaults=DEFAULTS,
             max_queue_depth=max_queue_depth,
+            release_retry_s=0.05,  # a refused release is retried every 1 s in `bmo serve`
         )
 
     async def lifecycle(self, model: str = MODEL, requester: str = "") -> RequestLifecycle:
