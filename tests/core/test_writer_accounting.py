@@ -172,6 +172,7 @@ def test_a_durable_submission_fails_with_the_stores_error_and_leaves_the_outbox(
     run(body, tmp_path)
 
 
+@pytest.mark.timeout(120)  # about 3 s of real backoff: more than the mutation run's per-test --timeout
 def test_a_durable_submission_fails_soon_after_its_wait_not_after_the_backoff(tmp_path: Path) -> None:
     """The retry sleep is cut at the deadline: with a 2 s backoff cap, a 0.5 s wait fails well before 2 s."""
 
