@@ -132,3 +132,65 @@ def test_the_running_projector_stops_when_a_wake_up_comes_with_the_stop(tmp_path
         assert done, "stop() never returned"
 
     asyncio.run(main())
+
+
+def test_a_failing_step_is_reported_and_cleared_once_a_step_succeeds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background projector keeps going after a failed step: the failure is in last_error and
+    in a warning naming it, and the next step that succeeds clears it."""
+    store = EventStore(tmp_path / "events.db")
+    failures = [RuntimeError("killed between rows and tracking")]
+
+    def crash_once() -> None:
+        if failures:
+            raise failures.pop()
+
+    async def main() -> None:
+        runner = projection_runner(
+            store, read_db_path(tmp_path), ledger_capacity=10, between_rows_and_tracking=crash_once
+        )
+        runner.start()
+        fire(store)
+        runner.notify()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while runner.last_error is None:
+            assert loop.time() < deadline, "the failed step was never reported"
+            await asyncio.sleep(0.01)
+        assert runner.last_error == "RuntimeError: killed between rows and tracking"
+        assert await runner.wait_for(store.max_notification_id(), timeout=20)  # the retry succeeds
+        while runner.last_error is not None:  # cleared once the steps run out of work
+            assert loop.time() < deadline, "a successful step left the error reported"
+            await asyncio.sleep(0.01)
+        await runner.stop()
+
+    with caplog.at_level("WARNING", logger="app.projections.stepping"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records if r.name == "app.projections.stepping"] == [
+        "projector step failed: RuntimeError: killed between rows and tracking"
+    ]
+
+
+def test_wait_for_waits_its_timeout_and_then_reports_what_was_reached(tmp_path: Path) -> None:
+    """wait_for returns False at once for no time at all, waits out a short timeout (nothing wakes
+    it: no projector runs), and at its timeout reports a position reached meanwhile by a step
+    that did not wake it."""
+    store = EventStore(tmp_path / "events.db")
+
+    async def main() -> None:
+        runner = projection_runner(store, read_db_path(tmp_path), ledger_capacity=10)
+        fire(store)
+        target = store.max_notification_id()
+        assert not await runner.wait_for(target, timeout=0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert not await runner.wait_for(target, timeout=0.3)
+        assert loop.time() - started >= 0.3
+        waiting = asyncio.ensure_future(runner.wait_for(target, timeout=2))
+        await asyncio.sleep(0)  # the waiter is waiting
+        await asyncio.to_thread(runner.step)  # projects without waking it
+        assert await waiting
+        runner.close()
+
+    asyncio.run(main())
