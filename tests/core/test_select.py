@@ -7,6 +7,7 @@ models; these drive each of its functions with a real SQLite store and check wha
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -192,5 +193,41 @@ def test_wait_for_waits_its_timeout_and_then_reports_what_was_reached(tmp_path: 
         await asyncio.to_thread(runner.step)  # projects without waking it
         assert await waiting
         runner.close()
+
+    asyncio.run(main())
+
+
+def test_stop_ends_the_projector_task_and_lets_a_running_step_commit(tmp_path: Path) -> None:
+    """The background projector is one task named `projector` (what a task dump shows); stop()
+    ends it, and a step running in its thread at that moment commits before the database closes."""
+    store = EventStore(tmp_path / "events.db")
+    entered, go_on = threading.Event(), threading.Event()
+
+    def slow_step() -> None:
+        entered.set()
+        go_on.wait(20)
+
+    def projectors() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "projector" and not t.done()]
+
+    async def main() -> None:
+        runner = projection_runner(
+            store, read_db_path(tmp_path), ledger_capacity=10, between_rows_and_tracking=slow_step
+        )
+        runner.start()
+        assert len(projectors()) == 1
+        first = fire(store)
+        runner.notify()
+        assert await asyncio.to_thread(entered.wait, 20)  # a step is between its rows and tracking
+        stopping = asyncio.ensure_future(runner.stop())
+        for _ in range(5):  # stop() cancels the task and waits for the step
+            await asyncio.sleep(0)
+        assert not stopping.done()
+        go_on.set()
+        await asyncio.wait_for(stopping, 20)
+        assert projectors() == []
+        reader = read_connection(store, read_db_path(tmp_path))
+        assert runs.get_run(reader, first.hex) is not None  # the step committed
+        reader.close()
 
     asyncio.run(main())
