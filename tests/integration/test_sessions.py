@@ -77,10 +77,12 @@ class Harness:
             release_retry_s=0.05,  # a refused release is retried every 1 s in `bmo serve`
         )
 
-    async def lifecycle(self, model: str = MODEL, requester: str = "") -> RequestLifecycle:
+    async def lifecycle(
+        self, model: str = MODEL, requester: str = "", route: str = "chat_completions"
+    ) -> RequestLifecycle:
         lifecycle = RequestLifecycle(
             request_id=uuid4().hex,
-            route="chat_completions",
+            route=route,
             session_id=SESSION,
             client_ua="test-ua",
             defaults=DEFAULTS,
@@ -212,6 +214,7 @@ def test_a_queued_run_has_its_own_stream_and_fired_record(tmp_path: Path) -> Non
             "test-ua",
         )
         assert fired.stream is False
+        assert fired.timestamp.tzinfo is not None and queued.timestamp.tzinfo is not None
         assert (queued.session_id, queued.position, queued.by_request) == (SESSION, 1, lifecycle.request_id)
         assert queued.messages == turn and queued.options["mode"] == "code"
         state = fold(UUID(hex=b.run_id), events)
@@ -738,5 +741,32 @@ def test_a_run_with_nothing_to_start_is_released_later_when_the_store_fails_mean
         h.switch.unlink()
         state = await h.free()
         assert state.active_run is None
+
+    scenario(body, tmp_path)
+
+
+def test_a_deferred_run_ends_in_the_context_of_the_request_that_queued_it(tmp_path: Path) -> None:
+    """Queued from the Responses route: its terminal record names that route, and it is fired once
+    (when it was queued), not again when it starts or ends."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        lifecycle = await h.lifecycle(route="responses")
+        options = options_to_dict(TurnOptions(stream=False, mode="code"))
+        b = await h.sessions.admit(lifecycle, MODEL, [{"role": "user", "content": "later"}], [], options)
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        assert (await h.finished(b.run_id)).outcome == "final_answer"
+        await h.free()
+        fired = [e for e in await h.run_events(b.run_id) if isinstance(e, Fired)]
+        assert len(fired) == 1 and fired[0].route == "responses"
+        h.records.close()
+        lines = [json.loads(line) for line in h.log.read_text().splitlines() if line.strip()]
+        assert [r["route"] for r in lines if r.get("request_id") == b.run_id and r.get("terminal")] == [
+            "responses"
+        ]
+        fired_records = [
+            r for r in lines if r.get("request_id") == b.run_id and r["msg"] == "openai_compat.fired"
+        ]
+        assert len(fired_records) == 1 and fired_records[0]["queued_by"] == lifecycle.request_id
 
     scenario(body, tmp_path)
