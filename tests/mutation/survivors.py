@@ -60,10 +60,13 @@ def changed(diff: str) -> str:
 def main() -> None:
     known = reasons(OUT)
     rows = []
+    unrun = []  # mutants the last run has no verdict for (stopped early): their reasons are kept apart
     for path in walk_mutatable_files():
         data = SourceFileMutationData(path=path)
         data.load()
         for name, code in sorted(data.exit_code_by_key.items()):
+            if code is None and name in known:
+                unrun.append(f"{name}  {known[name][0]}{SEP}{known[name][1]}")
             if code != 0:  # 0: the tests passed with the mutant in place (survived)
                 continue
             try:
@@ -72,7 +75,9 @@ def main() -> None:
                 diff = "(diff unavailable: run again once mutmut has finished)"
             reason = reason_for(name, diff, known)
             rows.append(f"{name}  {diff}" + (f"{SEP}{reason}" if reason else ""))
-    OUT.write_text(HEADER + "\n".join(rows) + "\n")
+    note = "# Not run by the last run (it was stopped): reasons given earlier, kept."
+    kept = [note, *unrun] if unrun else []
+    OUT.write_text(HEADER + "\n".join(rows + kept) + "\n")
     print(f"{len(rows)} survivors, {sum(SEP in r for r in rows)} with a reason")
 
 
