@@ -768,5 +768,47 @@ def test_a_deferred_run_ends_in_the_context_of_the_request_that_queued_it(tmp_pa
             r for r in lines if r.get("request_id") == b.run_id and r["msg"] == "openai_compat.fired"
         ]
         assert len(fired_records) == 1 and fired_records[0]["queued_by"] == lifecycle.request_id
+        assert (fired_records[0]["route"], fired_records[0]["session_id"]) == ("responses", SESSION)
 
     scenario(body, tmp_path)
+
+
+def test_a_streamed_request_queued_is_recorded_as_streamed_with_zone_aware_session_events(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.admit("hello")
+        lifecycle = await h.lifecycle()
+        options = options_to_dict(TurnOptions(stream=True, mode="code"))
+        b = await h.sessions.admit(lifecycle, MODEL, [{"role": "user", "content": "later"}], [], options)
+        fired = next(e for e in await h.run_events(b.run_id) if isinstance(e, Fired))
+        assert fired.stream is True
+        session_events = await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+        assert session_events and all(e.timestamp.tzinfo is not None for e in session_events)
+
+    scenario(body, tmp_path)
+
+
+def test_shutdown_lets_deferred_runs_finish_within_the_drain_and_interrupts_the_rest(tmp_path: Path) -> None:
+    """aclose(drain_s): a deferred run that ends within the drain ends as it would; one still running
+    at its end is interrupted, and aclose returns at the drain, not when the run would end."""
+    upstream = ScriptedUpstream()
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        b = await h.admit("answered in time")
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        await h.sessions.aclose(drain_s=20)  # b ends well within it
+        assert (await h.finished(b.run_id)).outcome == "final_answer"
+        c = await h.admit("again")
+        d = await h.admit("never answered", model="fail/hang")
+        await h.sessions.release(SESSION, c.run_id, "final_answer", [])
+        await asyncio.wait_for(upstream.entered.wait(), 20)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await h.sessions.aclose(drain_s=0.5)
+        assert 0.5 <= loop.time() - started < 15
+        fin = await h.finished(d.run_id)
+        assert (fin.outcome, fin.error) == ("error_500", Interrupted.REASON)
+
+    scenario(body, tmp_path, providers={"fail": upstream})
