@@ -81,13 +81,16 @@ class SessionService:
         records: Records,
         defaults: RouteDefaults,
         max_queue_depth: int,
+        release_retry_s: float = 1.0,
     ) -> None:
+        """`release_retry_s`: how often a release the failing store refused is retried."""
         self._executor = executor
         self._turns = turns
         self._catalog = catalog
         self._records = records
         self._defaults = defaults
         self._max_queue_depth = max_queue_depth
+        self._release_retry_s = release_retry_s
         self._background: set[asyncio.Task[None]] = set()
 
     async def state(self, session_id: str) -> SessionState:
@@ -189,12 +192,12 @@ class SessionService:
             return
         self._activated(events)
 
-    async def _release_later(self, command: ReleaseRun, every_s: float = 1.0, for_s: float = 3600.0) -> None:
+    async def _release_later(self, command: ReleaseRun, for_s: float = 3600.0) -> None:
         """Retry a release until the store takes it again (bounded; the startup sweep is the backstop)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + for_s
         while loop.time() < deadline:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(self._release_retry_s)
             try:
                 events = await self._executor.execute(command, durable=True)
             except PersistFailed:

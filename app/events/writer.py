@@ -70,6 +70,7 @@ class EventWriter:
     on_conflict: Callable[[set[UUID]], None] = lambda _streams: None
     outbox_limit: int = 20_000  # events held while the store is failing
     unavailable_wait_s: float = 5.0  # a durable submission waits this long for a failing store
+    backoff_cap_s: float = 2.0  # the longest pause between two retries of a failing save
     state: PersistenceState = field(default_factory=PersistenceState)
     position: int = 0  # last notification id this writer committed
     _pending: list[_Submission] = field(default_factory=list)
@@ -165,7 +166,7 @@ class EventWriter:
                     backoff = 0.05
                     continue
                 await asyncio.sleep(self._retry_delay(backoff))  # outbox: retry the batch later
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, self.backoff_cap_s)
             self._idle.set()
 
     def _retry_delay(self, backoff: float) -> float:

@@ -74,8 +74,11 @@ class Stepping:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("projector step failed: %s", self.last_error)
             self._woken().clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # arrives with the wake-up (stop() right after a notify), and stop() then waits forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken().wait(), self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._woken().wait()
 
     async def _step_in_thread(self) -> bool:
         self._stepping = asyncio.get_running_loop().run_in_executor(None, self._step)

@@ -46,6 +46,7 @@ values = st.recursive(
 )
 
 
+@pytest.mark.timeout(120)  # 200 examples: about 2 s idle, more than the mutation run's --timeout when loaded
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.text(max_size=12), values, max_size=8))
 def test_same_bytes_and_same_values_as_the_generic_transcoder(state: dict[str, Any]) -> None:

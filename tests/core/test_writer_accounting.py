@@ -172,6 +172,7 @@ def test_a_durable_submission_fails_with_the_stores_error_and_leaves_the_outbox(
     run(body, tmp_path)
 
 
+@pytest.mark.timeout(120)  # about 3 s of real backoff: more than the mutation run's per-test --timeout
 def test_a_durable_submission_fails_soon_after_its_wait_not_after_the_backoff(tmp_path: Path) -> None:
     """The retry sleep is cut at the deadline: with a 2 s backoff cap, a 0.5 s wait fails well before 2 s."""
 
@@ -301,3 +302,21 @@ def test_a_submission_chained_on_a_refused_one_is_refused_in_a_later_batch_too(t
         store.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_landed_waits_at_most_its_timeout_for_a_save_that_has_not_happened(tmp_path: Path) -> None:
+    """A submission nobody saved yet (the writer is not running): landed() gives up at its timeout
+    and says so; once the writer saves it, it has landed."""
+
+    async def body(store: CountingStore, switch: Path) -> None:
+        writer = EventWriter(store)
+        done = writer.submit(events(1))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert not await writer.landed(done, timeout=0.2)
+        assert loop.time() - started >= 0.2
+        writer.start()
+        assert await writer.landed(done, timeout=20)
+        await writer.close()
+
+    run(body, tmp_path)

@@ -26,11 +26,12 @@ from app.agent.turns import TurnOptions, TurnPolicy, TurnRunner
 from app.commands.admit_run import AdmitRun
 from app.commands.execute import Executor
 from app.commands.queue_run import QueueRun
-from app.errors import SessionQueueFull
+from app.errors import Interrupted, ProviderError, SessionQueueFull
 from app.events.run import ContentAppended, Finished, Fired, HistoryDiverged, Queued, fold
 from app.events.select import open_event_store
 from app.events.session import RunQueued, session_uuid
 from app.events.writer import EventWriter
+from app.providers.base import ModelRequest
 from app.providers.catalog import ModelCatalog
 from app.providers.local import LocalProvider
 from app.telemetry import Records
@@ -44,12 +45,15 @@ DEFAULTS = RouteDefaults(tool_policy="chat_only", ambiguity_action="ask", defaul
 class Harness:
     """A session service wired as `bmo serve` wires it, minus the HTTP layer."""
 
-    def __init__(self, tmp: Path, *, max_queue_depth: int = 3) -> None:
+    def __init__(
+        self, tmp: Path, *, max_queue_depth: int = 3, providers: dict[str, Any] | None = None
+    ) -> None:
         self.switch = tmp / "faults-on"
         self.store = open_event_store(tmp / "data", self.switch)
         self.log = tmp / "log.jsonl"
         self.records = Records(self.log)
-        self.writer = EventWriter(self.store, unavailable_wait_s=0.2)
+        # short waits (`bmo serve`: 5 s, and retries up to 2 s apart) keep the failing-store cases quick
+        self.writer = EventWriter(self.store, unavailable_wait_s=0.2, backoff_cap_s=0.2)
         self.executor = Executor(self.store, self.writer)
         workspace = tmp / "ws"
         workspace.mkdir()
@@ -66,16 +70,19 @@ class Harness:
         self.sessions = SessionService(
             executor=self.executor,
             turns=self.turns,
-            catalog=ModelCatalog({"bmo": LocalProvider()}),
+            catalog=ModelCatalog({"bmo": LocalProvider(), **(providers or {})}),
             records=self.records,
             defaults=DEFAULTS,
             max_queue_depth=max_queue_depth,
+            release_retry_s=0.05,  # a refused release is retried every 1 s in `bmo serve`
         )
 
-    async def lifecycle(self, model: str = MODEL, requester: str = "") -> RequestLifecycle:
+    async def lifecycle(
+        self, model: str = MODEL, requester: str = "", route: str = "chat_completions"
+    ) -> RequestLifecycle:
         lifecycle = RequestLifecycle(
             request_id=uuid4().hex,
-            route="chat_completions",
+            route=route,
             session_id=SESSION,
             client_ua="test-ua",
             defaults=DEFAULTS,
@@ -95,9 +102,13 @@ class Harness:
         mode: str = "code",
         earlier: list[dict[str, Any]] | None = None,
         requester: str = "",
+        max_tokens: int | None = None,
+        full_history: bool = False,
     ) -> Any:
         lifecycle = await self.lifecycle(model, requester)
-        options = options_to_dict(TurnOptions(stream=False, mode=mode))
+        options = options_to_dict(TurnOptions(stream=False, mode=mode, max_tokens=max_tokens))
+        if full_history:  # as the chat route saves it for a client that sends its whole conversation
+            options["full_history"] = True
         return await self.sessions.admit(
             lifecycle, model, [{"role": "user", "content": text}], earlier or [], options
         )
@@ -203,6 +214,7 @@ def test_a_queued_run_has_its_own_stream_and_fired_record(tmp_path: Path) -> Non
             "test-ua",
         )
         assert fired.stream is False
+        assert fired.timestamp.tzinfo is not None and queued.timestamp.tzinfo is not None
         assert (queued.session_id, queued.position, queued.by_request) == (SESSION, 1, lifecycle.request_id)
         assert queued.messages == turn and queued.options["mode"] == "code"
         state = fold(UUID(hex=b.run_id), events)
@@ -279,8 +291,10 @@ def test_a_queued_clarify_run_answers_with_a_clarification(tmp_path: Path) -> No
         await h.sessions.release(SESSION, a.run_id, "final_answer", [])
         fin = await h.finished(b.run_id)
         assert fin.outcome == "clarification" and fin.status_code == 200 and fin.finish_reason == "stop"
-        text = answer_of(await h.run_events(b.run_id))
+        events = await h.run_events(b.run_id)
+        text = answer_of(events)
         assert text
+        assert all(e.timestamp.tzinfo is not None for e in events if isinstance(e, ContentAppended))
         state = await h.free()
         assert list(state.transcript)[-1] == {"role": "assistant", "content": text}
 
@@ -573,3 +587,228 @@ def test_a_queued_run_that_cannot_be_prepared_never_holds_the_session(tmp_path: 
         await h.free()
 
     scenario(body, tmp_path, max_queue_depth=5)
+
+
+class ScriptedUpstream:
+    """A hosted model's failures, scripted (the only stand-in these tests use): `fail/boom` raises
+    a plain error, `fail/refused` the upstream error bmo raises for a provider, `fail/hang` never
+    answers (it sets `entered` when asked)."""
+
+    name = "fail"
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    def models(self) -> tuple[str, ...]:
+        return ("boom", "refused", "hang")
+
+    async def stream(self, request: ModelRequest) -> Any:
+        if request.model == "boom":
+            raise RuntimeError("boom")
+        if request.model == "refused":
+            raise ProviderError("the upstream refused the request")
+        self.entered.set()
+        await asyncio.Event().wait()
+        yield  # an async generator, like every provider's stream
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def terminal_records(h: Harness, run_id: str) -> list[dict[str, Any]]:
+    h.records.close()
+    lines = [json.loads(line) for line in h.log.read_text().splitlines() if line.strip()]
+    return [r for r in lines if r.get("request_id") == run_id and r.get("terminal") is True]
+
+
+def test_a_deferred_run_whose_model_fails_ends_with_that_error_and_frees_the_session(tmp_path: Path) -> None:
+    """Nobody waits on a deferred run to be told: its failure is its terminal event, with the status
+    of bmo's own error (502 for the upstream's) or 500 and the error's type for any other, and the
+    queue moves on."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        b = await h.admit("raises", model="fail/boom")
+        c = await h.admit("refused", model="fail/refused")
+        d = await h.admit("after them")
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        fin_b = await h.finished(b.run_id)
+        assert (fin_b.outcome, fin_b.status_code, fin_b.error) == ("error_500", 500, "RuntimeError: boom")
+        fin_c = await h.finished(c.run_id)
+        assert (fin_c.outcome, fin_c.status_code, fin_c.error) == (
+            "error_500",
+            502,
+            "the upstream refused the request",
+        )
+        assert (await h.finished(d.run_id)).outcome == "final_answer"
+        await h.free()
+        released = [
+            (e.run_id, e.outcome)
+            for e in await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+            if type(e).__name__ == "RunReleased"
+        ]
+        assert released[1:3] == [(b.run_id, "error_500"), (c.run_id, "error_500")]
+        (record,) = terminal_records(h, c.run_id)
+        assert (record["outcome"], record["status_code"], record["route"], record["session_id"]) == (
+            "error_500",
+            502,
+            "chat_completions",
+            SESSION,
+        )
+
+    scenario(body, tmp_path, max_queue_depth=5, providers={"fail": ScriptedUpstream()})
+
+
+def test_a_deferred_run_in_flight_at_shutdown_ends_interrupted_and_frees_the_session(tmp_path: Path) -> None:
+    upstream = ScriptedUpstream()
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        b = await h.admit("never answered", model="fail/hang")
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        await asyncio.wait_for(upstream.entered.wait(), 20)
+        await h.sessions.aclose()  # the server's shutdown
+        fin = await h.finished(b.run_id)
+        assert (fin.outcome, fin.status_code, fin.error) == ("error_500", 500, Interrupted.REASON)
+        await h.free()
+
+    scenario(body, tmp_path, providers={"fail": upstream})
+
+
+def test_a_deferred_run_keeps_its_requests_options_and_ends_with_its_finish_reason(tmp_path: Path) -> None:
+    """A queued request's max_tokens reaches its model (the answer is cut: finish reason `length`);
+    a full answer ends `stop`; both with status 200 and the request's route in their records."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        b = await h.admit("tell me a long story about the sea", max_tokens=1)
+        c = await h.admit("and a short one")
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        fin_b = await h.finished(b.run_id)
+        assert (fin_b.outcome, fin_b.status_code, fin_b.finish_reason) == ("final_answer", 200, "length")
+        fin_c = await h.finished(c.run_id)
+        assert (fin_c.outcome, fin_c.status_code, fin_c.finish_reason) == ("final_answer", 200, "stop")
+        await h.free()
+        (record,) = terminal_records(h, b.run_id)
+        assert (record["status_code"], record["route"]) == (200, "chat_completions")
+
+    scenario(body, tmp_path)
+
+
+def test_a_deferred_run_of_a_client_that_sends_its_whole_history_follows_it(tmp_path: Path) -> None:
+    """`full_history` (the client sends its whole conversation) is kept with the queueing: a lone new
+    turn is then the client's whole history, which the session follows, not a turn to append."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        b = await h.admit("a fresh start", full_history=True)
+        turn_a = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+        await h.sessions.release(SESSION, a.run_id, "final_answer", turn_a)
+        await h.finished(b.run_id)
+        diverged = [e for e in await h.run_events(b.run_id) if isinstance(e, HistoryDiverged)]
+        assert [(d.kept, d.dropped, d.client_messages) for d in diverged] == [(0, 2, 1)]
+        state = await h.free()
+        assert state.transcript[0] == {"role": "user", "content": "a fresh start"}
+
+    scenario(body, tmp_path)
+
+
+def test_a_run_with_nothing_to_start_is_released_later_when_the_store_fails_meanwhile(tmp_path: Path) -> None:
+    """The store fails just as a queued run with nothing to start is given up: its release is
+    retried until the store takes it, and the session is freed."""
+
+    async def body(h: Harness) -> None:
+        refused: list[str] = []
+        h.writer.on_failure = lambda events, _error: refused.extend(
+            e.run_id for e in events if type(e).__name__ == "RunReleased"
+        )
+        a = await h.admit("hello")
+        orphan = uuid4().hex
+        await queue_without_turn(h, orphan)
+        failing = False
+
+        def fail_after_the_release(_position: int) -> None:
+            if failing:  # a's release was saved: the store fails from here on
+                h.switch.touch()
+
+        h.writer.on_commit = fail_after_the_release
+        failing = True
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        failing = False
+        # twice: the first save of its release failed for good (PersistFailed), and it was retried
+        await h._until(lambda: _at_least([r for r in refused if r == orphan], 2), 20, "release not retried")
+        assert (await h.sessions.state(SESSION)).active_run == orphan
+        h.switch.unlink()
+        state = await h.free()
+        assert state.active_run is None
+
+    scenario(body, tmp_path)
+
+
+def test_a_deferred_run_ends_in_the_context_of_the_request_that_queued_it(tmp_path: Path) -> None:
+    """Queued from the Responses route: its terminal record names that route, and it is fired once
+    (when it was queued), not again when it starts or ends."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        lifecycle = await h.lifecycle(route="responses")
+        options = options_to_dict(TurnOptions(stream=False, mode="code"))
+        b = await h.sessions.admit(lifecycle, MODEL, [{"role": "user", "content": "later"}], [], options)
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        assert (await h.finished(b.run_id)).outcome == "final_answer"
+        await h.free()
+        fired = [e for e in await h.run_events(b.run_id) if isinstance(e, Fired)]
+        assert len(fired) == 1 and fired[0].route == "responses"
+        h.records.close()
+        lines = [json.loads(line) for line in h.log.read_text().splitlines() if line.strip()]
+        assert [r["route"] for r in lines if r.get("request_id") == b.run_id and r.get("terminal")] == [
+            "responses"
+        ]
+        fired_records = [
+            r for r in lines if r.get("request_id") == b.run_id and r["msg"] == "openai_compat.fired"
+        ]
+        assert len(fired_records) == 1 and fired_records[0]["queued_by"] == lifecycle.request_id
+        assert (fired_records[0]["route"], fired_records[0]["session_id"]) == ("responses", SESSION)
+
+    scenario(body, tmp_path)
+
+
+def test_a_streamed_request_queued_is_recorded_as_streamed_with_zone_aware_session_events(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.admit("hello")
+        lifecycle = await h.lifecycle()
+        options = options_to_dict(TurnOptions(stream=True, mode="code"))
+        b = await h.sessions.admit(lifecycle, MODEL, [{"role": "user", "content": "later"}], [], options)
+        fired = next(e for e in await h.run_events(b.run_id) if isinstance(e, Fired))
+        assert fired.stream is True
+        session_events = await asyncio.to_thread(h.store.stream, session_uuid(SESSION))
+        assert session_events and all(e.timestamp.tzinfo is not None for e in session_events)
+
+    scenario(body, tmp_path)
+
+
+def test_shutdown_lets_deferred_runs_finish_within_the_drain_and_interrupts_the_rest(tmp_path: Path) -> None:
+    """aclose(drain_s): a deferred run that ends within the drain ends as it would; one still running
+    at its end is interrupted, and aclose returns at the drain, not when the run would end."""
+    upstream = ScriptedUpstream()
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("hello")
+        b = await h.admit("answered in time")
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        await h.sessions.aclose(drain_s=20)  # b ends well within it
+        assert (await h.finished(b.run_id)).outcome == "final_answer"
+        c = await h.admit("again")
+        d = await h.admit("never answered", model="fail/hang")
+        await h.sessions.release(SESSION, c.run_id, "final_answer", [])
+        await asyncio.wait_for(upstream.entered.wait(), 20)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await h.sessions.aclose(drain_s=0.5)
+        assert 0.5 <= loop.time() - started < 15
+        fin = await h.finished(d.run_id)
+        assert (fin.outcome, fin.error) == ("error_500", Interrupted.REASON)
+
+    scenario(body, tmp_path, providers={"fail": upstream})

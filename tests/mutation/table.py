@@ -126,7 +126,7 @@ def main() -> None:
                     "-x",
                     "-p",
                     "no:cacheprovider",
-                    "--timeout=60",
+                    "--timeout=120",  # above the tests' own 60 s bounds: they fail first, cleanly
                     *tests,
                 ],
                 capture_output=True,
