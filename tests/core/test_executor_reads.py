@@ -182,3 +182,42 @@ def test_a_durable_command_the_store_refused_leaves_nothing_in_the_cache(tmp_pat
         store.close()
 
     asyncio.run(main())
+
+
+def test_a_command_that_decides_nothing_returns_the_stored_state(tmp_path: Path) -> None:
+    """A session command that changes nothing on the state this executor last knew is decided again
+    on the stored state (it may have moved on meanwhile) and, still nothing, returns that state;
+    a non-durable command returns the state after its events, as a durable one does."""
+    from app.commands.admit_run import AdmitRun
+    from app.commands.drop_queued_run import DropQueuedRun
+    from app.events.session import session_uuid
+
+    async def main() -> None:
+        store = EventStore(tmp_path / "events.db")
+        writer = EventWriter(store)
+        writer.start()
+        executor = Executor(store, writer)
+        stream_id = session_uuid("known")
+        admit = AdmitRun(
+            stream_id=stream_id,
+            at=now(),
+            session_id="known",
+            run_id="a",
+            queued_run_id="a-q",
+            model="m",
+            requester="",
+            max_queue_depth=4,
+        )
+        admitted = await executor.execute(admit, durable=True)  # the executor now knows the session
+        assert admitted.state.active_run == "a"
+        nothing = await executor.execute(DropQueuedRun(stream_id=stream_id, at=now(), run_id="b", reason="r"))
+        assert nothing == () and nothing.state.active_run == "a"
+        assert nothing.state.version == admitted.state.version
+        run_id = uuid4()
+        await executor.execute(fire_cmd(run_id), durable=True)
+        appended = await executor.execute(AppendContent(run_id=run_id, at=now(), text="x"))
+        assert appended.state.version == 2
+        await writer.close()
+        store.close()
+
+    asyncio.run(main())

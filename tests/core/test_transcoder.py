@@ -78,7 +78,16 @@ def test_an_event_state_as_stored_by_earlier_versions_reads_back() -> None:
 
 def test_what_msgspec_would_write_differently_goes_through_the_generic_transcoder() -> None:
     generic, fast = _pair()
-    odd = ({"x": math.nan}, {"x": [math.inf]}, {"x": 1e16}, {"x": -2.5e-7}, {1: "int key"}, {"t": (1, "a")})
+    odd = (
+        {"x": math.nan},
+        {"x": [math.inf]},
+        {"x": 1e16},
+        {"x": -2.5e-7},
+        {1: "int key"},
+        {True: "bool key"},  # json writes "true"; msgspec refuses a bool key
+        {None: "none key"},
+        {"t": (1, "a")},
+    )
     for state in odd:
         written = generic.encode(state)
         assert fast.encode(state) == written
@@ -87,8 +96,29 @@ def test_what_msgspec_would_write_differently_goes_through_the_generic_transcode
 
 
 def test_an_unregistered_type_fails_as_the_generic_transcoder_does() -> None:
-    _, fast = _pair()
+    generic, fast = _pair()
     with pytest.raises(TranscodingNotRegisteredError):
         fast.encode({"gap": timedelta(seconds=1)})
-    with pytest.raises(TranscodingNotRegisteredError):
-        fast.decode(b'{"x":{"_type_":"no_such_type","_data_":1}}')
+    unknown = b'{"x":{"_type_":"no_such_type","_data_":1}}'
+    with pytest.raises(TranscodingNotRegisteredError) as ours:
+        fast.decode(unknown)
+    with pytest.raises(TranscodingNotRegisteredError) as theirs:
+        generic.decode(unknown)
+    assert str(ours.value) == str(theirs.value)  # the same words in the log, whichever read it
+
+
+def test_only_an_object_of_exactly_type_and_data_is_a_registered_value() -> None:
+    """An object with `_type_` but another second key, or a third key, is plain data, as `json` reads it."""
+    generic, fast = _pair()
+    for stored in (
+        b'{"x":{"_type_":"uuid_hex","other":1}}',
+        b'{"x":{"_type_":"uuid_hex","_data_":"c7cef1c5a17648f79df7b96dce336d89","more":1}}',
+    ):
+        assert fast.decode(stored) == generic.decode(stored)
+        assert isinstance(fast.decode(stored)["x"], dict)
+
+
+def test_a_value_other_than_a_dict_is_written_as_the_generic_transcoder_does() -> None:
+    generic, fast = _pair()
+    for value in (["a", 1, [2.5]], ("t", None), "text", 7, 0.5, UUID("c7cef1c5a17648f79df7b96dce336d89")):
+        assert fast.encode(value) == generic.encode(value)

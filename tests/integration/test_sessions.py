@@ -812,3 +812,32 @@ def test_shutdown_lets_deferred_runs_finish_within_the_drain_and_interrupts_the_
         assert (fin.outcome, fin.error) == ("error_500", Interrupted.REASON)
 
     scenario(body, tmp_path, providers={"fail": upstream})
+
+
+def test_a_queueing_saved_just_before_the_store_fails_still_queues_the_run(tmp_path: Path) -> None:
+    """The store fails after the session's queueing was saved but before the queued run's own
+    stream was: admission still answers "queued" (the stream's events wait in the outbox), and
+    the run starts and answers once the session is free."""
+
+    async def body(h: Harness) -> None:
+        a = await h.admit("first")
+        lifecycle = await h.lifecycle()
+        fired = h.records.fired
+
+        def then_fail(**fields: Any) -> None:
+            fired(**fields)
+            if fields.get("queued_by"):  # the queued run's record: its queueing is saved already
+                h.switch.touch()
+
+        h.records.fired = then_fail  # type: ignore[method-assign]
+        options = options_to_dict(TurnOptions(stream=False, mode="code"))
+        b = await h.sessions.admit(lifecycle, MODEL, [{"role": "user", "content": "later"}], [], options)
+        assert not b.active and b.position == 1
+        h.switch.unlink()
+        assert await h.writer.flush(20)
+        assert any(isinstance(e, Fired) for e in await h.run_events(b.run_id))  # from the outbox
+        await h.sessions.release(SESSION, a.run_id, "final_answer", [])
+        assert (await h.finished(b.run_id)).outcome == "final_answer"
+        await h.free()
+
+    scenario(body, tmp_path)

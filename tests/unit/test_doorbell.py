@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import stat
 from pathlib import Path
 
 from app.projections.doorbell import Doorbell, DoorbellListener, socket_path
@@ -98,3 +99,22 @@ def test_a_projector_that_found_the_socket_taken_binds_once_it_is_free(tmp_path:
         bell.close()
         first.close()
         second.close()
+
+
+def test_a_listener_that_cannot_bind_is_unbound_and_its_wait_says_no_ring(tmp_path: Path) -> None:
+    """Its directory is gone (not EADDRINUSE): no exception, not bound, and `wait` never claims a ring
+    (the projector then falls back to its slow poll)."""
+    listener = DoorbellListener(socket_path(tmp_path / "gone"))
+    try:
+        assert listener.bound is False
+        assert listener.wait(0) is False
+    finally:
+        listener.close()
+
+
+def test_the_socket_is_bound_at_its_path_and_closing_after_it_was_removed_is_quiet(tmp_path: Path) -> None:
+    path = socket_path(tmp_path)
+    listener = DoorbellListener(path)
+    assert listener.bound and stat.S_ISSOCK(path.stat().st_mode)  # there, not elsewhere
+    path.unlink()  # someone cleaned the data directory meanwhile
+    listener.close()  # nothing left to unlink: no error
