@@ -34,6 +34,7 @@ __all__ = [
     "start_direct",
     "start_litellm",
     "start_mock",
+    "start_mock_and_sink",
     "start_netns",
     "start_otlp_sink",
 ]
@@ -96,6 +97,14 @@ def start_bare(procs: Procs, mock_port: int) -> Arm:
     proc = procs.spawn("bare", _granian("bench.bare_proxy:app", port), cwd=REPO, env=env)
     wait_http(port, path="/health", proc=proc)
     return Arm("bare", port, "mock-model", "x", [proc.pid])
+
+
+def start_mock_and_sink(procs: Procs, work: Path, *, otel: bool) -> tuple[int, int | None]:
+    """The mock and, with OpenTelemetry on (as in `bench.run`, and as users run it), the OTLP
+    sink bmo exports to: (mock port, sink port or None)."""
+    mock_port, _ = start_mock(procs, "mock")
+    otlp = start_otlp_sink(procs, work) if otel else None
+    return mock_port, (otlp[0] if otlp else None)
 
 
 def start_otlp_sink(procs: Procs, work: Path) -> tuple[int, Path] | None:

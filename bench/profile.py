@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         (work / "logs").mkdir()
         procs = Procs(work / "logs")
         try:
-            mock_port, _ = arms_mod.start_mock(procs, "mock")
-            otlp = None if args.no_otel else arms_mod.start_otlp_sink(procs, work)
-            otlp_port = otlp[0] if otlp else None  # on, as in `bench.run` (and as users run it)
+            mock_port, otlp_port = arms_mod.start_mock_and_sink(procs, work, otel=not args.no_otel)
             arm = arms_mod.start_bmo(procs, mock_port, work, otlp_port, tree=args.tree)
             script = write_script(work / "load.lua", model=arm.model, token=arm.token, stream=args.stream)
             warm = wrk_argv(arm.port, script, connections=args.concurrency, duration=3)

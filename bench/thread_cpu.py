@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         (work / "logs").mkdir()
         procs = Procs(work / "logs")
         try:
-            mock_port, _ = arms_mod.start_mock(procs, "mock")
-            otlp = None if args.no_otel else arms_mod.start_otlp_sink(procs, work)
-            otlp_port = otlp[0] if otlp else None
+            mock_port, otlp_port = arms_mod.start_mock_and_sink(procs, work, otel=not args.no_otel)
             arms = {
                 name: arms_mod.start_bmo(procs, mock_port, work, otlp_port, tree=tree, name=name)
                 for name, tree in (("A", args.a), ("B", args.b))
