@@ -141,7 +141,15 @@ def run(
     if _on_sqlite():  # bound before the first step: a commit after it always rings us
         data.mkdir(parents=True, exist_ok=True)
         bell = DoorbellListener(socket_path(data))
-        _listen_when_bound(bell, wake, listening, first=True)
+        if bell.bound:
+            _answer_in_thread(bell, wake, listening)
+        else:
+            print(
+                "bmo projector: another live projector holds the doorbell socket (or it cannot be bound);"
+                " polling the store until it can bind",
+                file=sys.stderr,
+                flush=True,
+            )
     opened = _open_until_up(data, ledger_capacity, stop)
     if opened is None:
         return 0
@@ -157,8 +165,8 @@ def run(
         if (pause := busy_until - time.monotonic()) > 0:
             stop.wait(pause)
         if bell is not None:
-            if not bell.bound:
-                _listen_when_bound(bell, wake, listening, first=False)
+            if not bell.bound and bell.rebind():  # the projector that held it has exited
+                _answer_in_thread(bell, wake, listening)
             bell.drain()  # rang before this step: the step reads what they rang for
             listening.set()  # a ring from now on may be for a commit this step misses
         try:
@@ -185,21 +193,10 @@ def _on_sqlite() -> bool:
         return False
 
 
-def _listen_when_bound(bell: DoorbellListener, wake: Any, listening: Any, *, first: bool) -> None:
-    """Start the doorbell thread once the socket is ours; until then the loop polls (and says so once)."""
+def _answer_in_thread(bell: DoorbellListener, wake: Any, listening: Any) -> None:
     import threading
 
-    if bell.bound or (not first and bell.rebind()):
-        threading.Thread(
-            target=_answer_rings, args=(bell, wake, listening), name="doorbell", daemon=True
-        ).start()
-    elif first:
-        print(
-            "bmo projector: another live projector holds the doorbell socket (or it cannot be bound);"
-            " polling the store until it can bind",
-            file=sys.stderr,
-            flush=True,
-        )
+    threading.Thread(target=_answer_rings, args=(bell, wake, listening), name="doorbell", daemon=True).start()
 
 
 def _answer_rings(bell: DoorbellListener, wake: Any, listening: Any) -> None:
