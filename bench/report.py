@@ -889,7 +889,8 @@ def _otel_text(results: dict[str, Any], otlp: dict[str, Any]) -> str:
     return (
         "OTel **on**, exporting OTLP/HTTP to a local receiver process (`bench/otlp_sink.py`, reusing "
         "`tests/fakes/otlp_receiver.py`, answering HTTP/1.1 with keep-alive as a real collector does, so "
-        "bmo's exporter reuses one connection instead of connecting per export), which received {otlp.get('spans', 0):,} spans in "
+        "bmo's exporter reuses one connection instead of connecting per export), which received "
+        f"{otlp.get('spans', 0):,} spans in "
         f"{otlp.get('exports', 0):,} exports ({names}); bmo served about {served:,} requests in the run, "
         f"so {per} (below 1 means bmo dropped spans, e.g. on a full export queue)."
         + (" **The receiver got no spans: see `bench/results/logs/`.**" if not otlp.get("spans") else "")
@@ -897,7 +898,7 @@ def _otel_text(results: dict[str, Any], otlp: dict[str, Any]) -> str:
 
 
 def _bmo_requests(results: dict[str, Any]) -> int:
-    """Every request the bmo arms (all export to the one sink) answered: measured runs, warm-up, lag probes."""
+    """Every request the bmo arms (all export to one sink) answered: measured runs, warm-up, lag probes."""
     total = 0
     for metric in results["metrics"]:
         for round_ in metric["rounds"]:
