@@ -773,7 +773,10 @@ def _plot_sweep(results: dict[str, Any], img: Path, plt: Any) -> bool:
 def _load_note(results: dict[str, Any]) -> str:
     meta = results["meta"]
     nproc = meta["facts"]["nproc"] or 2
-    before, after = meta.get("others_cores_before"), meta.get("others_cores_after")
+    # results from before bench/noise.py: the whole machine's CPU over 2 s before and after, when the
+    # bench itself was idle or not yet started, is the same figure
+    before = meta.get("others_cores_before", meta.get("busy_cores_before"))
+    after = meta.get("others_cores_after", meta.get("busy_cores_after"))
     during = _finite(meta.get("others_cores_during"))
     worst, where = _worst_run_others(results)
     reasons = noise_reasons(nproc, before=before, after=after, during=during, worst_run=worst)
@@ -790,10 +793,10 @@ def _load_note(results: dict[str, Any]) -> str:
         "the differences this page is read for; an idle machine measures ~0.005) before, after or on "
         f"average, or above {fmt(NOISY_RUN_SHARE * nproc)} in a single run.\n"
     )
-    if reasons or _legacy_noisy(meta, nproc):
-        why = "; ".join(reasons) or "load average (older results without the measured figures)"
+    if reasons:
         text += (
-            f"\n> **Noisy run** ({why}). Other work was using a noticeable share of the CPU during this run "
+            f"\n> **Noisy run** ({'; '.join(reasons)}). Other work was using a noticeable share of the "
+            "CPU during this run "
             "(other engineers' test suites share this machine). Interleaving spreads that noise over all "
             "arms, so compare arms by their ratios (bmo / bare, bmo / LiteLLM) rather than by absolute "
             "values: RPS and tail latencies are lower and longer than on an idle machine, and even CPU ms "
@@ -816,26 +819,6 @@ def _worst_run_others(results: dict[str, Any]) -> tuple[float | None, str]:
                 if value is not None and (worst[0] is None or value > worst[0]):
                     worst = (value, f" ({metric['key']}, round {index + 1}, {LABELS.get(arm, arm)})")
     return worst
-
-
-def _legacy_noisy(meta: dict[str, Any], nproc: int) -> bool:
-    """Results from before the measured figures: the old busy-cores and load-average rule."""
-    if "others_cores_before" in meta:
-        return False
-    busy = (meta.get("busy_cores_before"), meta.get("busy_cores_after"))
-    load1 = _load1(meta.get("uptime_before", ""))
-    return any(v is not None and v > 0.25 * nproc for v in busy) or (
-        load1 is not None and load1 > 0.5 * nproc
-    )
-
-
-def _load1(uptime: str) -> float | None:
-    if "load average:" not in uptime:
-        return None
-    try:
-        return float(uptime.split("load average:")[1].split(",")[0])
-    except ValueError:
-        return None
 
 
 def _before_text(arms: dict[str, Any]) -> str:
