@@ -446,6 +446,7 @@ def _saturated_before(metric: Metric, h: Harness, arm: str, index: int) -> bool:
 
 def _progress(h: Harness, metric: Metric, index: int, arm: str, result: dict[str, Any]) -> None:
     keys = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "achieved_rps", "errors", "error", "skipped")
+    keys += ("others_cores",)
     brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k in keys}
     if "ttft_ms" in result:
         brief["ttft_p50"] = round(result["ttft_ms"]["p50"], 3)
