@@ -305,11 +305,18 @@ def pin_tree(roots: Iterable[int], cpus: set[int]) -> dict[int, set[int]]:
     return former
 
 
-def restore_affinity(former: dict[int, set[int]]) -> None:
-    """Give each thread `pin_tree` moved its former CPU set back (gone threads are skipped)."""
-    for tid, cpus in former.items():
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(tid, cpus)
+def restore_affinity(roots: Iterable[int], former: dict[int, set[int]]) -> None:
+    """Give every thread of the trees its CPU set from before `pin_tree` back.
+
+    Threads started while pinned inherited the pinned set; they get the union of
+    the former sets (the mock's threads all had the same one).
+    """
+    default = set().union(*former.values()) if former else set(range(os.cpu_count() or 1))
+    for root in roots:
+        for pid in process_tree(root):
+            for tid in _threads(pid):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(tid, former.get(tid, default))
 
 
 def _threads(pid: int) -> list[int]:

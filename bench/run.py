@@ -382,7 +382,7 @@ def pinned_mock(h: Harness, metric: Metric) -> Iterator[None]:
         yield
     finally:
         h.pin = ""
-        restore_affinity(former)
+        restore_affinity(h.arms["direct"].roots, former)
 
 
 def _estimate(metric: Metric, arms: int) -> float:
