@@ -45,12 +45,14 @@ def test_the_target_row_is_the_median_of_same_round_rps_ratios() -> None:
     target = _workers_target(_results())
     assert target.value is not None
     assert abs(target.value - (1.3 + 1.4) / 2) < 1e-9
-    assert "MISS" in target.verdict() and "not showable" in target.verdict()
+    verdict = target.verdict()
+    assert verdict.startswith("**NOT SHOWABLE HERE**") and "PASS" not in verdict and "MISS" not in verdict
+    assert "1.41× the cores" in verdict and "1.06× the CPU per request" in verdict
 
 
 def test_on_four_cores_the_verdict_stands_alone() -> None:
     verdict = _workers_target(_results(nproc=4)).verdict()
-    assert verdict.startswith("**MISS**") and "not showable" not in verdict
+    assert verdict.startswith("**MISS** by 0.250×")
 
 
 def test_the_section_gives_each_workers_cpu_and_the_ratios() -> None:
