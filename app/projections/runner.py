@@ -104,8 +104,7 @@ class ProjectionRunner(Stepping):
                     "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
                     (NAME, position),
                 )
-                for sql, params in runs.prune_sql(self._capacity):
-                    conn.execute(sql, params)
+                runs.prune(conn, self._capacity)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
