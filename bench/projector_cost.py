@@ -41,19 +41,13 @@ def project_timed(events_db: Path, read_db: Path, batch: int) -> dict[str, Any]:
     store = EventStore(events_db)
     runner = ProjectionRunner(store, read_db, ledger_capacity=10_000, batch_size=batch)
     phases = {"read": 0.0, "project": 0.0, "apply": 0.0}
-    notifications, to_event = store.notifications, store.to_event
+    read = runner._notes.read
 
-    def timed_notifications(after: int, limit: int) -> Any:
+    def timed_read(after: int, limit: int) -> Any:
         started = time.thread_time()
-        notes = notifications(after, limit)
+        notes = read(after, limit)
         phases["read"] += time.thread_time() - started
         return notes
-
-    def timed_to_event(note: Any) -> Any:
-        started = time.thread_time()
-        event = to_event(note)
-        phases["read"] += time.thread_time() - started
-        return event
 
     def timed_project(event: Any, position: int) -> Any:
         started = time.thread_time()
@@ -66,7 +60,7 @@ def project_timed(events_db: Path, read_db: Path, batch: int) -> dict[str, Any]:
         apply_ops(conn, ops)
         phases["apply"] += time.thread_time() - started
 
-    store.notifications, store.to_event = timed_notifications, timed_to_event  # type: ignore[method-assign]
+    runner._notes.read = timed_read  # type: ignore[method-assign]
     originals = runner_module.project_all, runner_module.apply_ops
     runner_module.project_all, runner_module.apply_ops = timed_project, timed_apply  # type: ignore[assignment]
     try:

@@ -1,4 +1,11 @@
-"""The projector's SQLite shortcuts select the same rows as the plain statements they replace.
+"""The SQLite projector's shortcuts give exactly what the general paths they replace give.
+
+`NotificationReader` reads the log with its own query and decodes most states
+itself; eventsourcing's recorder and mapper (`EventStore.notifications` and
+`to_event`) are the reference: every event must come out equal, field order
+included, and a store (the replay fixture, written by an earlier version, plus
+states only the mapper can read) must project to the very same rows, in the same
+order, as through the recorder and mapper with `prune_sql`.
 
 `runs.prune` finds the ledger's cutoff from the oldest end after a `count(*)`;
 `runs.prune_sql` (still used on PostgreSQL) walks from the newest end. Over
@@ -8,15 +15,25 @@ both must leave exactly the same rows in both tables.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.events.run import ContentAppended, Queued
+from app.events.store import EventStore
 from app.projections import runs
 from app.projections.db import open_read_db
+from app.projections.notifications import NotificationReader
+from app.projections.rows import apply_ops
+from app.projections.runner import NAME, project_all
+from tests.core.helpers import end, fire, now, runner
+from tests.data.replay.replay import FIXTURE_DIR
 
 _RUN = (
     "INSERT INTO openai_compat_runs (request_id, seq, session_id, route, model, stream, tool_policy, "
@@ -54,3 +71,82 @@ def test_prune_deletes_what_prune_sql_deletes(ended: list[bool], capacity: int) 
         assert _rows(fast) == _rows(plain)
         plain.close()
         fast.close()
+
+
+def _odd_store(tmp: Path) -> EventStore:
+    """The replay fixture plus states the short decode must hand to the mapper."""
+    shutil.copy(FIXTURE_DIR / "events.db", tmp / "events.db")
+    store = EventStore(tmp / "events.db")
+    run_id = fire(store)
+    odd: dict[str, Any] = {
+        "a uuid": uuid4(),  # a nested registered type
+        "a key like the wrapper's": {"_type_": "x"},
+        "big": 1e20,  # json writes the exponent form
+        "nan": float("nan"),  # json writes NaN, which msgspec refuses to read
+        "text": 'quotes "_type_" and \\ backslashes',
+    }
+    for name, value in odd.items():  # one a state: each must be read right on its own
+        at = {"originator_id": uuid4(), "originator_version": 1, "timestamp": now()}
+        messages = [{name: value}]
+        store.save([Queued(**at, session_id="s", position=1, by_request="r", messages=messages, options={})])
+    text = {"originator_id": run_id, "originator_version": 2, "timestamp": now(), "role": "assistant"}
+    store.save([ContentAppended(**text, text='say "_type_": {"_data_": 1}')])
+    end(store, run_id)
+    return store
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal events: class, fields and their order (NaN compares by its text)."""
+    return type(a) is type(b) and repr(list(vars(a).items())) == repr(list(vars(b).items()))
+
+
+def test_the_reader_builds_every_event_as_the_mapper_does(tmp_path: Path) -> None:
+    store = _odd_store(tmp_path)
+    reader = NotificationReader(store)
+    mapped = [(note.id, store.to_event(note)) for note in store.notifications(0, 100_000)]
+    for after, limit in ((0, 100_000), (3, 7)):
+        read = reader.read(after, limit)
+        want = [m for m in mapped if m[0] > after][:limit]
+        assert [i for i, _ in read] == [i for i, _ in want]
+        assert all(_same(got, ref) for (_, got), (_, ref) in zip(read, want, strict=True))
+    assert len(mapped) > 100 and isinstance(read[0][1].originator_id, UUID)
+    reader.close()
+    store.close()
+
+
+def _project_by_mapper(store: EventStore, db: Path, capacity: int) -> None:
+    """The projector's step as it was: eventsourcing's recorder and mapper, `prune_sql`."""
+    conn = open_read_db(db).conn
+    position = 0
+    while notes := store.notifications(position, 500):
+        conn.execute("BEGIN IMMEDIATE")
+        for note in notes:
+            apply_ops(conn, project_all(store.to_event(note), note.id))
+        position = notes[-1].id
+        conn.execute("INSERT OR REPLACE INTO projection_tracking VALUES (?, ?)", (NAME, position))
+        for sql, params in runs.prune_sql(capacity):
+            conn.execute(sql, params)
+        conn.execute("COMMIT")
+    conn.close()
+
+
+def _tables_in_rowid_order(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(db) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            n: [tuple(r) for r in conn.execute(f"SELECT rowid, * FROM {n} ORDER BY rowid")] for n in names
+        }
+
+
+def test_a_store_projects_to_the_same_rows_as_through_the_mapper(tmp_path: Path) -> None:
+    store = _odd_store(tmp_path)
+    for capacity in (10_000, 7):
+        reference = tmp_path / f"reference-{capacity}.db"
+        _project_by_mapper(store, reference, capacity)
+        projector = runner(store, tmp_path / str(capacity), ledger_capacity=capacity, batch_size=500)
+        projector.catch_up()
+        projector.close()
+        got = _tables_in_rowid_order(tmp_path / str(capacity) / "read_models.db")
+        assert got == _tables_in_rowid_order(reference)
+        assert len(got["openai_compat_run_events"]) > (100 if capacity > 7 else 7)
+    store.close()
