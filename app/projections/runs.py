@@ -105,8 +105,10 @@ def _own_fields(cls: type) -> tuple[str, ...]:
 
 
 def project(event: DomainEvent, position: int) -> list[RowOp]:
+    """Every event goes to the timeline; `Fired` opens a run row and `Finished` closes it."""
     request_id = event.originator_id.hex
     at = event.timestamp.isoformat()
+    data = event_data(event)
     ops: list[RowOp] = [
         Insert(
             "openai_compat_run_events",
@@ -116,14 +118,14 @@ def project(event: DomainEvent, position: int) -> list[RowOp]:
                 "seq": position,
                 "type": type(event).__name__,
                 "at": at,
-                "data": _encode(event_data(event)).decode(),
+                "data": _encode(data).decode(),
             },
         )
     ]
     match event:
         case Fired():
             row = {"request_id": request_id, "seq": position, "started_at": at}
-            row.update(event_data(event))
+            row.update(data)
             ops.append(Insert("openai_compat_runs", row))
         case ModelCalled():
             pass  # usage is totalled on Finished
