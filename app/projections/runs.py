@@ -287,9 +287,13 @@ def prune(conn: Any, capacity: int) -> None:
     cutoff = conn.execute(
         "SELECT seq FROM openai_compat_runs ORDER BY seq LIMIT 1 OFFSET ?", (count - capacity - 1,)
     ).fetchone()[0]
-    prunable = "SELECT request_id FROM openai_compat_runs WHERE ended_seq IS NOT NULL AND seq <= ?"
-    conn.execute(f"DELETE FROM openai_compat_run_events WHERE request_id IN ({prunable})", (cutoff,))
-    conn.execute("DELETE FROM openai_compat_runs WHERE ended_seq IS NOT NULL AND seq <= ?", (cutoff,))
+    prunable = "ended_seq IS NOT NULL AND seq <= ?"
+    conn.execute(
+        "DELETE FROM openai_compat_run_events WHERE request_id IN "
+        f"(SELECT request_id FROM openai_compat_runs WHERE {prunable})",
+        (cutoff,),
+    )
+    conn.execute(f"DELETE FROM openai_compat_runs WHERE {prunable}", (cutoff,))
 
 
 def prune_sql(capacity: int) -> list[tuple[str, tuple[int, ...]]]:
