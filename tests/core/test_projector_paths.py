@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
+from eventsourcing.persistence import MapperDeserialisationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,4 +151,20 @@ def test_a_store_projects_to_the_same_rows_as_through_the_mapper(tmp_path: Path)
         got = _tables_in_rowid_order(tmp_path / str(capacity) / "read_models.db")
         assert got == _tables_in_rowid_order(reference)
         assert len(got["openai_compat_run_events"]) > (100 if capacity > 7 else 7)
+    store.close()
+
+
+def test_a_state_the_mapper_refuses_fails_the_read_as_the_mapper_fails_it(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
+    run_id = fire(store)
+    with sqlite3.connect(store.path) as conn:
+        state = b'{"timestamp":{"_type_":"datetime_iso","_data_":"not a time"},"text":"x","role":"assistant"}'
+        topic = "app.events.run:ContentAppended"
+        conn.execute("INSERT INTO stored_events VALUES (?, 2, ?, ?)", (run_id.hex, topic, state))
+    reader = NotificationReader(store)
+    with pytest.raises(MapperDeserialisationError, match="not a time"):
+        reader.read(0, 10)
+    with pytest.raises(MapperDeserialisationError):
+        store.to_event(store.notifications(1, 1)[0])
+    reader.close()
     store.close()
