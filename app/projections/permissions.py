@@ -50,17 +50,16 @@ def add_missing_columns(conn: Any) -> None:
 
 
 def project(event: DomainEvent, position: int) -> list[RowOp]:
-    request_id = event.originator_id.hex
-    at = event.timestamp.isoformat()
+    """Only three kinds of event touch a question: the rest return before any work."""
     match event:
         case PermissionAsked():
             row = {
                 "question_id": event.question_id,
-                "request_id": request_id,
+                "request_id": event.originator_id.hex,
                 "tool": event.tool,
                 "call_id": event.call_id,
                 "arguments": event.arguments,
-                "asked_at": at,
+                "asked_at": event.timestamp.isoformat(),
                 "expires_at": event.expires_at,
                 "status": "pending",
                 "digest": event.digest,
@@ -73,14 +72,15 @@ def project(event: DomainEvent, position: int) -> list[RowOp]:
                 "status": "allowed" if event.decision == "allow" else "denied",
                 "decided_by": event.decided_by,
                 "requester": event.requester,
-                "decided_at": at,
+                "decided_at": event.timestamp.isoformat(),
                 "decided_via": event.decided_via,
                 "scope": event.scope,
             }
             return [UpdateWhere("permission_questions", (("question_id", event.question_id),), values)]
         case Finished():  # a question cannot outlive its run
-            where = (("request_id", request_id), ("status", "pending"))
-            return [UpdateWhere("permission_questions", where, {"status": "closed", "decided_at": at})]
+            where = (("request_id", event.originator_id.hex), ("status", "pending"))
+            closed = {"status": "closed", "decided_at": event.timestamp.isoformat()}
+            return [UpdateWhere("permission_questions", where, closed)]
     return []
 
 

@@ -21,6 +21,7 @@ from eventsourcing.domain import DomainEvent
 from app.events.store import EventStore
 from app.projections import counts, permissions, runs
 from app.projections.db import open_read_db
+from app.projections.notifications import NotificationReader
 from app.projections.rows import RowOp, apply_ops
 from app.projections.stepping import Stepping
 
@@ -50,6 +51,7 @@ class ProjectionRunner(Stepping):
     ) -> None:
         """`between_rows_and_tracking` is a test seam: raise from it to crash a step mid-way."""
         self._store = store
+        self._notes = NotificationReader(store)
         self._db = open_read_db(db_path)
         self._capacity = ledger_capacity
         self._batch_size = batch_size
@@ -75,6 +77,7 @@ class ProjectionRunner(Stepping):
 
     def close(self) -> None:
         self._db.close()
+        self._notes.close()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -82,7 +85,7 @@ class ProjectionRunner(Stepping):
             await asyncio.gather(self._task, return_exceptions=True)
         if self._stepping is not None:  # never close the database under a running step
             await asyncio.wait({self._stepping}, timeout=10)
-        self._db.close()
+        self.close()
 
     def _woken(self) -> asyncio.Event:
         return self._wake
@@ -93,19 +96,18 @@ class ProjectionRunner(Stepping):
         conn.execute("BEGIN IMMEDIATE")
         try:
             position = self._read_position()
-            notes = self._store.notifications(position, self._batch_size)
-            for note in notes:
-                apply_ops(conn, project_all(self._store.to_event(note), note.id))
+            notes = self._notes.read(position, self._batch_size)
+            for note_id, event in notes:
+                apply_ops(conn, project_all(event, note_id))
             if notes:
                 self._between_rows_and_tracking()
-                position = notes[-1].id
+                position = notes[-1][0]
                 conn.execute(
                     "INSERT INTO projection_tracking (name, position) VALUES (?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
                     (NAME, position),
                 )
-                for sql, params in runs.prune_sql(self._capacity):
-                    conn.execute(sql, params)
+                runs.prune(conn, self._capacity)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -103,6 +103,12 @@ M = [
         'prunable = f"ended_seq IS NOT NULL AND seq <= {cutoff}"',
         'prunable = f"seq <= {cutoff}"',
     ),
+    (
+        "prune open runs (SQLite)",
+        "app/projections/runs.py",
+        'prunable = "ended_seq IS NOT NULL AND seq <= ?"',
+        'prunable = "seq <= ?"',
+    ),
 ]
 tests = ["tests/core", "tests/unit/test_workspace_confinement.py"]
 
