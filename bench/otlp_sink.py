@@ -2,7 +2,12 @@
 
 It reuses `tests/fakes/otlp_receiver.py` (decodes every export as a collector
 would) but only counts spans instead of keeping them, so memory stays flat on
-long runs. Prints `PORT <n>` once listening; on SIGTERM writes
+long runs, and it answers HTTP/1.1 with keep-alive: the test receiver speaks
+http.server's default HTTP/1.0 and closes the connection after every export,
+which would make bmo's exporter open a new TCP connection per batch, a cost a
+real OpenTelemetry collector (keep-alive) does not impose on users.
+
+Prints `PORT <n>` once listening; on SIGTERM writes
 `{"spans": n, "exports": m, "names": {...}}` to `--out` and exits.
 
     python -m bench.otlp_sink --out /tmp/otlp.json
@@ -16,6 +21,7 @@ import signal
 import sys
 import threading
 from collections import Counter
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -49,7 +55,18 @@ def _receiver(counts: _Counts) -> Any:
             counts.names.update(s["name"] for s in spans)
 
     receiver._store.add = add  # count, do not keep
+    keep_alive(receiver._server.RequestHandlerClass)
     return receiver
+
+
+def keep_alive(handler: type[BaseHTTPRequestHandler]) -> None:
+    """Answer HTTP/1.1, so a connection serves export after export as a collector's does.
+
+    The handler already sends `Content-Length` on every reply, which is what
+    HTTP/1.1 keep-alive needs; only the sink's handler class is changed, the
+    tests' receiver keeps its HTTP/1.0 behaviour.
+    """
+    handler.protocol_version = "HTTP/1.1"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,10 @@ __all__ = [
     "Procs",
     "by_role",
     "free_port",
+    "pin_tree",
     "process_role",
     "process_tree",
+    "restore_affinity",
     "roles_cpu_seconds",
     "tree_cpu_seconds",
     "tree_rss_mb",
@@ -284,3 +286,41 @@ def _vm_rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def pin_tree(roots: Iterable[int], cpus: set[int]) -> dict[int, set[int]]:
+    """Move every thread of the trees onto `cpus`; each thread's former CPU set, to restore.
+
+    The bench pins a running mock for some runs only (the 1-vs-2-workers pair), so
+    it sets the affinity of the threads that exist (`/proc/PID/task`), not of a
+    process about to start; `restore_affinity` undoes it.
+    """
+    former: dict[int, set[int]] = {}
+    for root in roots:
+        for pid in process_tree(root):
+            for tid in _threads(pid):
+                with contextlib.suppress(OSError):
+                    former[tid] = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, cpus)
+    return former
+
+
+def restore_affinity(roots: Iterable[int], former: dict[int, set[int]]) -> None:
+    """Give every thread of the trees its CPU set from before `pin_tree` back.
+
+    Threads started while pinned inherited the pinned set; they get the union of
+    the former sets (the mock's threads all had the same one).
+    """
+    default = set().union(*former.values()) if former else set(range(os.cpu_count() or 1))
+    for root in roots:
+        for pid in process_tree(root):
+            for tid in _threads(pid):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(tid, former.get(tid, default))
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(name) for name in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []

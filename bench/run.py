@@ -10,10 +10,14 @@ own process group and is killed on exit, failure or SIGTERM. Traffic goes to
     python -m bench.run              # defaults: 10 s runs, 2 rounds, < 15 minutes
     python -m bench.run --quick      # a ~2-3 minute smoke run
     python -m bench.run --baseline-tree /path/to/old/checkout   # adds the arm `bmo (before)`
-    python -m bench.run --workers 2 --pin-load 0                # see "Two workers" in bench/README.md
+    python -m bench.run --no-workers2                           # without the 1-vs-2-workers pair
+    python -m bench.run --workers 2 --pin-load 0                # every bmo arm with 2 workers
 
 Every bmo arm's CPU is also split by process (workers, projector, main), so a
-regression shows where it landed.
+regression shows where it landed. The arm `bmo (2 workers)` (`bmo serve
+--workers 2`) runs only in the paired metrics `w2_*`, interleaved with the
+one-worker arm, with the mock and the load tool pinned to one CPU; see "Two
+workers on two cores" in bench/README.md for what that can and cannot show.
 """
 
 from __future__ import annotations
@@ -31,20 +35,30 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import arms as arms_mod
+from bench import noise
 from bench.arms import PROBE_MODEL, REPO, Arm
-from bench.procs import Procs, roles_cpu_seconds, tree_cpu_seconds, tree_rss_mb
+from bench.procs import (
+    Procs,
+    pin_tree,
+    restore_affinity,
+    roles_cpu_seconds,
+    tree_cpu_seconds,
+    tree_rss_mb,
+)
 from bench.setup_deps import ensure_all
 from bench.wrk import parse_wrk, write_script, wrk_argv
 
 __all__ = ["main"]
 
-ARM_ORDER = ("direct", "bmo", "bmo_before", "bare", "litellm")
+ARM_ORDER = ("direct", "bmo", "bmo_w2", "bmo_before", "bare", "litellm")
+PAIRED_ONLY = frozenset({"bmo_w2"})  # arms measured only by the metrics that name them in `only`
+W2_PAIR = ("bmo", "bmo_w2")
 
 
 def is_bmo(name: str) -> bool:
@@ -73,6 +87,7 @@ class Plan:
     baseline_tree: str = ""  # a second bmo arm from this checkout ("bmo (before)")
     pin_load: str = ""  # taskset CPU list for the mock and every load tool ("" = not pinned)
     idle_s: float = 60.0  # the idle-CPU window: at 10 ms ticks, 60 s resolve 0.017 % of a core
+    workers2: bool = True  # the paired arm `bmo (2 workers)` on the w2_* metrics
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -113,7 +128,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     tree = str(args.baseline_tree.resolve()) if args.baseline_tree else ""
-    return {"workers": args.workers, "baseline_tree": tree, "pin_load": args.pin_load}
+    # with --workers N every bmo arm has N workers already; on one CPU there is nothing to pin apart
+    workers2 = not args.no_workers2 and args.workers == 1 and (os.cpu_count() or 1) >= 2
+    return {"workers": args.workers, "baseline_tree": tree, "pin_load": args.pin_load, "workers2": workers2}
 
 
 @dataclass
@@ -129,6 +146,7 @@ class Metric:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     skipped: str = ""
     max_rounds: int = 0  # 0 = the plan's rounds
+    pin: str = ""  # taskset CPU list for the mock and the load tool during this metric's runs
 
 
 @dataclass
@@ -142,6 +160,7 @@ class Harness:
     metrics: list[Metric] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     otlp: tuple[int, Path] | None = None
+    pin: str = ""  # the CPUs the current metric pins the mock and load tools to ("" = the plan's)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -188,6 +207,7 @@ def measure(
         peak[0] = max(peak[0], tree_rss_mb(arm.roots))
 
     events_before = count_events(arm)
+    others_before = noise.snapshot()
     roles_before = roles_cpu_seconds(arm.roots) if is_bmo(arm.name) else {}
     cpu_before = tree_cpu_seconds(arm.roots).seconds
     wall_start = time.monotonic()
@@ -196,11 +216,13 @@ def measure(
     wall = time.monotonic() - wall_start
     cpu = tree_cpu_seconds(arm.roots).seconds - cpu_before
     roles_after = roles_cpu_seconds(arm.roots) if is_bmo(arm.name) else {}
+    others = noise.others_cores(others_before, noise.snapshot())
     result = parse(outs[0])
     requests = int(result.get("requests", 0))
     result["cpu_s"] = cpu
     result["cpu_ms_per_req"] = cpu * 1000 / requests if requests else math.nan
     result["cpu_util"] = cpu / wall if wall else math.nan
+    result["others_cores"] = others  # CPU of processes outside the bench during this run
     if roles_after:  # per process: worker-1, worker-2 ..., projector, main (ms per request)
         result["cpu_ms_per_req_by_process"] = {
             role: (seconds - roles_before.get(role, 0.0)) * 1000 / requests if requests else math.nan
@@ -220,8 +242,9 @@ def measure(
 
 
 def _pinned(h: Harness, argv: list[str]) -> list[str]:
-    """The load tool on the `--pin-load` CPUs, so it does not compete with the server for the others."""
-    return ["taskset", "-c", h.plan.pin_load, *argv] if h.plan.pin_load else argv
+    """The load tool on the pinned CPUs (the metric's, else `--pin-load`), off the server's others."""
+    cpus = h.pin or h.plan.pin_load
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
 def _tool(arm: Arm, module: str, *extra: str) -> list[str]:
@@ -308,6 +331,7 @@ def build_metrics(plan: Plan) -> list[Metric]:
         Metric("ns_c1", "Non-streaming, c=1 (wrk)", "wrk", 1, False, d),
         Metric("ns_c32", "Non-streaming, c=32 (wrk)", "wrk", 32, False, d),
         Metric("st_c32", "Streaming 20 chunks, c=32 (wrk, time to last byte)", "wrk", 32, True, d),
+        *workers2_metrics(plan),
         Metric("ttft_c1", "Streaming TTFT / TTLB, c=1 (raw client)", "ttft", 1, True, s),
         Metric("ttft_c32", "Streaming TTFT / TTLB, c=32 (raw client)", "ttft", 32, True, s),
         Metric("ns_c8", "Non-streaming, c=8 (wrk)", "wrk", 8, False, s),
@@ -322,6 +346,45 @@ def build_metrics(plan: Plan) -> list[Metric]:
     return metrics
 
 
+def workers2_metrics(plan: Plan) -> list[Metric]:
+    """bmo with 1 and 2 workers on the same load, the mock and wrk pinned to one CPU: c=32 non-stream
+    (RPS and CPU per request per worker) and, as time allows, streaming."""
+    if not plan.workers2:
+        return []
+    pin = plan.pin_load or "0"
+    pinned = f"mock and wrk pinned to CPU {pin}"
+    metrics = [
+        Metric("w2_ns_c32", f"1 vs 2 workers: non-streaming, c=32 ({pinned})", "wrk", 32, False),
+        Metric("w2_st_c32", f"1 vs 2 workers: streaming 20 chunks, c=32 ({pinned})", "wrk", 32, True),
+    ]
+    for metric in metrics:
+        metric.duration, metric.only, metric.pin = plan.duration, W2_PAIR, pin
+    return metrics
+
+
+def metric_arms(h: Harness, metric: Metric) -> list[str]:
+    """The arms a metric measures, in order: its `only` list, else every arm but the paired-only ones."""
+    if metric.only:
+        return [n for n in ARM_ORDER if n in h.arms and n in metric.only]
+    return [n for n in ARM_ORDER if n in h.arms and n not in PAIRED_ONLY]
+
+
+@contextlib.contextmanager
+def pinned_mock(h: Harness, metric: Metric) -> Iterator[None]:
+    """During a pinned metric, the host mock's threads on the metric's CPUs (restored after), as wrk is."""
+    if not metric.pin or h.plan.pin_load:  # `--pin-load` pinned the mock at start for the whole run
+        yield
+        return
+    cpus = {int(c) for c in metric.pin.split(",")}
+    former = pin_tree(h.arms["direct"].roots, cpus)
+    h.pin = metric.pin
+    try:
+        yield
+    finally:
+        h.pin = ""
+        restore_affinity(h.arms["direct"].roots, former)
+
+
 def _estimate(metric: Metric, arms: int) -> float:
     overhead = 0.6 if metric.kind == "wrk" else 1.2
     if metric.kind == "hold":
@@ -330,7 +393,16 @@ def _estimate(metric: Metric, arms: int) -> float:
 
 
 def run_metric(h: Harness, metric: Metric) -> None:
-    names = [n for n in ARM_ORDER if n in h.arms and (not metric.only or n in metric.only)]
+    names = metric_arms(h, metric)
+    if metric.only and len(names) < len(metric.only) and metric.pin:
+        metric.skipped = f"arms missing: {sorted(set(metric.only) - set(names))}"
+        h.notes.append(f"{metric.key}: {metric.skipped}")
+        return
+    with pinned_mock(h, metric):
+        _run_rounds(h, metric, names)
+
+
+def _run_rounds(h: Harness, metric: Metric, names: list[str]) -> None:
     for index in range(min(h.plan.rounds, metric.max_rounds or h.plan.rounds)):
         if not h.fits(_estimate(metric, len(names))):
             metric.skipped = f"time budget ({h.plan.limit_s:.0f} s) reached after {index} round(s)"
@@ -374,6 +446,7 @@ def _saturated_before(metric: Metric, h: Harness, arm: str, index: int) -> bool:
 
 def _progress(h: Harness, metric: Metric, index: int, arm: str, result: dict[str, Any]) -> None:
     keys = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "achieved_rps", "errors", "error", "skipped")
+    keys += ("others_cores",)
     brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k in keys}
     if "ttft_ms" in result:
         brief["ttft_p50"] = round(result["ttft_ms"]["p50"], 3)
@@ -397,6 +470,11 @@ def start_all(h: Harness) -> None:
     h.otlp = arms_mod.start_otlp_sink(procs, work)
     otlp_port = h.otlp[0] if h.otlp else None
     h.arms["bmo"] = arms_mod.start_bmo(procs, mock_port, work, otlp_port, workers=h.plan.workers)
+    if h.plan.workers2:
+        try:
+            h.arms["bmo_w2"] = arms_mod.start_bmo(procs, mock_port, work, otlp_port, name="bmo_w2", workers=2)
+        except Exception as exc:  # the pair is then skipped; the rest of the run stands
+            h.notes.append(f"bmo (2 workers) did not start: {type(exc).__name__}: {exc}")
     if h.plan.baseline_tree:
         tree = Path(h.plan.baseline_tree)
         h.arms["bmo_before"] = arms_mod.start_bmo(
@@ -523,18 +601,11 @@ def uptime() -> str:
     return _cmd(["uptime"])
 
 
-def busy_cores(seconds: float = 2.0) -> float:
-    """How many cores' worth of CPU the whole machine used over `seconds` (from /proc/stat)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + fields[4]
-        return sum(fields) - idle, sum(fields)
-
-    busy0, total0 = sample()
+def others_window(seconds: float = 2.0) -> float:
+    """Cores' worth of CPU used by processes outside the bench over `seconds` (bench/noise.py)."""
+    first = noise.snapshot()
     time.sleep(seconds)
-    busy1, total1 = sample()
-    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+    return noise.others_cores(first, noise.snapshot())
 
 
 # ---------------------------------------------------------------- main
@@ -546,6 +617,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per metric (default 2)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (~2-3 minutes)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM arm")
+    parser.add_argument(
+        "--no-workers2",
+        action="store_true",
+        help="skip the arm `bmo (2 workers)` and its paired 1-vs-2-workers metrics (quicker)",
+    )
     parser.add_argument("--limit", type=float, default=900.0, help="start no new run after this many seconds")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
     parser.add_argument(
@@ -581,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(args)
     ensure_all(plan.litellm)
     facts = machine_facts()
-    load_before, busy_before = uptime(), busy_cores()
+    load_before, others_before = uptime(), others_window()
     with tempfile.TemporaryDirectory(prefix="bmo-bench-") as tmp:
         work = Path(tmp)
         (work / "logs").mkdir()
@@ -589,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         h.metrics = build_metrics(plan)
         warm: dict[str, Any] = {}
         idle: dict[str, Any] = {}
+        during_start = noise.snapshot()
+        during = math.nan
         try:
             start_all(h)
             print(f"[{h.elapsed():6.1f}s] arms up: {sorted(h.arms)}", file=sys.stderr, flush=True)
@@ -596,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             idle = idle_cpu(h, plan.idle_s)
             for metric in h.metrics:
                 run_metric(h, metric)
+            during = noise.others_cores(during_start, noise.snapshot())
         finally:
             h.procs.stop_all()
             otlp = _otlp_counts(h)
@@ -607,8 +686,9 @@ def main(argv: list[str] | None = None) -> int:
                 "facts": facts,
                 "uptime_before": load_before,
                 "uptime_after": uptime(),
-                "busy_cores_before": busy_before,
-                "busy_cores_after": busy_cores(),
+                "others_cores_before": others_before,
+                "others_cores_after": others_window(),
+                "others_cores_during": during,
                 "elapsed_s": time.monotonic() - started,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "notes": h.notes,
