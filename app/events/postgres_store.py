@@ -14,11 +14,12 @@ import contextlib
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
 import psycopg
+from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.conninfo import conninfo_to_dict
@@ -161,6 +162,10 @@ class PostgresEventStore(EventStore):
         self._listeners: list[tuple[tuple[str, ...], Listener]] = []
         self._listening: threading.Thread | None = None
         self._closed = threading.Event()
+
+    def save(self, events: Sequence[DomainEvent]) -> int:
+        """Through eventsourcing's recorder: this one also records each run's owner."""
+        return self._put(events)
 
     def streams_with(self, topic: str) -> list[UUID]:
         with self._cursor() as cur:

@@ -16,6 +16,7 @@ from eventsourcing.application import Application
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import Notification, Transcoder
 
+from app.events.sqlite_append import RowMapper, append_rows
 from app.events.transcoder import MsgspecTranscoder
 
 __all__ = ["EventStore"]
@@ -49,14 +50,27 @@ class EventStore:
             }
         )
         _use_synchronous_normal(self._app)
+        self._rows = _row_mapper(self._app)
 
     def save(self, events: Sequence[DomainEvent]) -> int:
         """Append events atomically; returns the last notification id.
 
-        Straight to the application's event store: `Application.save` would first sort
-        each event through runtime-checkable Protocol `isinstance` checks and look for
-        snapshots and notification hooks this application has none of (~1 % of a
-        worker's CPU at c=1, profiled)."""
+        The rows eventsourcing's mapper and recorder would write, written without their
+        per-event layers (app/events/sqlite_append.py): `Application.save` would first sort
+        each event through runtime-checkable Protocol `isinstance` checks, `put` builds
+        a `StoredEvent`, a `Recording` and a `Notification` per event and three context
+        managers per transaction, together as much CPU as the inserts (measured in
+        docs/performance-analysis.md)."""
+        if self._rows is None:  # a compressor or cipher configured: eventsourcing maps
+            return self._put(events)
+        if not events:
+            return 0
+        recorder = self._app.recorder
+        rows = [self._rows.row(event) for event in events]
+        return append_rows(recorder.datastore.pool, recorder.insert_events_statement, rows)  # type: ignore[attr-defined]
+
+    def _put(self, events: Sequence[DomainEvent]) -> int:
+        """Through eventsourcing's event store: its mapper, its recorder, one transaction."""
         recordings = self._app.events.put(list(events))
         return max((r.notification.id for r in recordings), default=0)
 
@@ -89,6 +103,14 @@ class EventStore:
 
     def close(self) -> None:
         self._app.close()
+
+
+def _row_mapper(app: Application[Any]) -> RowMapper | None:
+    """The direct mapping, unless the environment configured a compressor or a cipher."""
+    mapper = app.mapper
+    if mapper.compressor is not None or mapper.cipher is not None:
+        return None
+    return RowMapper(mapper.transcoder.encode)
 
 
 def _use_synchronous_normal(app: Application[Any]) -> None:
