@@ -80,7 +80,7 @@ class NotificationReader:
         if state.count(_TYPE_KEY) != 1 or getattr(cls, "class_version", 1) != 1:
             return None
         try:
-            raw = self._decode(state)
+            raw: Any = self._decode(state)
         except msgspec.DecodeError:
             return None
         stamp = raw.get("timestamp") if type(raw) is dict else None
@@ -93,4 +93,5 @@ class NotificationReader:
             raw["timestamp"] = datetime.fromisoformat(data)
         except ValueError:  # the mapper raises its own error for it
             return None
-        return raw
+        decoded: dict[str, Any] = raw
+        return decoded
