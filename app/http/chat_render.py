@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litestar import Response
-from litestar.response import Stream
 
 from app.agent.lifecycle import RequestLifecycle
 from app.agent.loop import AgentEvent, ClientToolCalls, Done, TextChunk
 from app.errors import ClientGone, ServiceUnavailable
 from app.http import sse
 from app.http.errors import envelope, to_bmo_error
+from app.http.sse_response import SseStream
 from app.http.wire import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -58,7 +58,7 @@ async def respond(
     tells when its client has gone: then the run is cancelled just the same)."""
     if streaming:
         body = stream(first, events, lifecycle, meta, include_usage)
-        return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return SseStream(body, media_type="text/event-stream", headers=SSE_HEADERS)
     if watch is None:
         return await complete(first, events, lifecycle, meta)
     return await _complete_unless_gone(complete(first, events, lifecycle, meta), lifecycle, watch)
