@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -256,50 +257,85 @@ class _Batch:
 
 
 class _KeepAlive:
-    """Pulls the next agent event in a task so the stream can say `: keep-alive` meanwhile.
+    """Pulls agent events in a task so the stream can say `: keep-alive` meanwhile.
 
+    A pull takes every event the agent produces without waiting (the chunks of one
+    upstream read), up to `RUN_MAX`, and stops after the first event that took a wait:
+    one task and one loop turn per run of ready events instead of per event (a task and a
+    turn per chunk were most of a streamed chunk's loop-thread cost). The events it took are
+    exactly those the stream would have asked for at once (`ready`), so nothing is pulled
+    ahead of the stream beyond the one event that `next` or `ready` leaves in flight.
     It also watches the process's shutdown drain: past its deadline, `next` raises `Interrupted`.
     """
+
+    RUN_MAX = 64
 
     def __init__(
         self, events: AsyncIterator[AgentEvent], lifecycle: RequestLifecycle, every_s: float = KEEP_ALIVE_S
     ) -> None:
         self._events = events
         self._every = every_s
-        self._pending: asyncio.Task[AgentEvent] | None = None
+        self._taken: deque[AgentEvent] = deque()  # pulled, not yet handed over
+        self._error: Exception | None = None  # what the agent raised, once `_taken` is handed over
+        self._pending: asyncio.Task[None] | None = None
         self._drain = lifecycle.drain
 
     async def ready(self) -> AgentEvent | None:
-        """The next event if its pull produces it within one loop turn, else None (the pull
+        """The next event if the agent produced it without waiting, else None (the pull
         stays in flight: `next` takes it)."""
-        pending = await self._started()
-        if not pending.done():
-            return None
-        self._pending = None
-        return pending.result()
+        event = self._pop()
+        if event is None:
+            await self._started()
+            event = self._pop()
+        return event
 
-    async def _started(self) -> asyncio.Future[AgentEvent]:
+    async def next(self) -> AgentEvent | None:
+        """The next event, or None when `every_s` passed without one."""
+        event = self._pop()
+        if event is not None:
+            return event
+        pending = await self._started()
+        if not pending.done() and not self._taken:
+            await self._first_of(pending)
+        event = self._pop()
+        if event is None and self._drain is not None and self._drain.interrupted:
+            raise self._drain.error()
+        return event
+
+    def _pop(self) -> AgentEvent | None:
+        """The oldest event taken; once they are handed over, the agent's error (StopAsyncIteration
+        at its end); None while the pull waits."""
+        if self._taken:
+            return self._taken.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def _started(self) -> asyncio.Task[None]:
         """The pull in flight, started now (and given its first loop turn) if there was none."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(anext(self._events))
-            # One loop turn lets the pull take its first step: when the event was already
-            # buffered (most chunks of a stream) it is done now, and the waiter, the
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(self._pull())
+            # One loop turn lets the pull take its first step: when the events were already
+            # buffered (most chunks of a stream) they are taken now, and the waiter, the
             # keep-alive timer and a second loop turn are skipped (~8 % of a streamed
             # request's loop-thread CPU, docs/performance-analysis.md).
             await asyncio.sleep(0)
         return self._pending
 
-    async def next(self) -> AgentEvent | None:
-        """The next event, or None when `every_s` passed without one."""
-        pending = await self._started()
-        if not pending.done():
-            await self._first_of(pending)
-        if not pending.done():
-            if self._drain is not None and self._drain.interrupted:
-                raise self._drain.error()
-            return None
-        self._pending = None
-        return pending.result()
+    async def _pull(self) -> None:
+        """Take events while they come without a wait; stop after one that came after a wait."""
+        waited: list[bool] = []
+        turn = asyncio.get_running_loop().call_soon(waited.append, True)  # runs if the pull waits
+        try:
+            for _ in range(self.RUN_MAX):
+                event = await anext(self._events)
+                self._taken.append(event)
+                if waited or isinstance(event, Done):
+                    return
+        except Exception as exc:  # for `next`, after the events taken before it
+            self._error = exc
+        finally:
+            turn.cancel()
 
     async def _first_of(self, pending: asyncio.Future[AgentEvent]) -> None:
         """Until the event, the drain's deadline or `every_s`, whichever comes first.
@@ -335,3 +371,4 @@ class _KeepAlive:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        self._taken.clear()
