@@ -337,7 +337,7 @@ class _KeepAlive:
         finally:
             turn.cancel()
 
-    async def _first_of(self, pending: asyncio.Future[AgentEvent]) -> None:
+    async def _first_of(self, pending: asyncio.Future[None]) -> None:
         """Until the event, the drain's deadline or `every_s`, whichever comes first.
 
         What `asyncio.wait(..., FIRST_COMPLETED, timeout)` does, with one waiter and
