@@ -16,6 +16,7 @@ import asyncio
 from typing import Any
 
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
@@ -62,7 +63,7 @@ class _ASGISseResponse(ASGIStreamingResponse):
 class SseStream(Stream):
     """`Stream`, answered by `_ASGISseResponse` (same headers, same body events)."""
 
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIStreamingResponse:
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
         base = super().to_asgi_response(*args, **kwargs)
         base.__class__ = _ASGISseResponse  # same slots, only `send_body` differs
         return base
