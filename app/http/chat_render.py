@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litestar import Response
-from litestar.response import Stream
 
 from app.agent.lifecycle import RequestLifecycle
 from app.agent.loop import AgentEvent, ClientToolCalls, Done, TextChunk
 from app.errors import ClientGone, ServiceUnavailable
 from app.http import sse
 from app.http.errors import envelope, to_bmo_error
+from app.http.sse_response import SseStream
 from app.http.wire import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -58,7 +59,7 @@ async def respond(
     tells when its client has gone: then the run is cancelled just the same)."""
     if streaming:
         body = stream(first, events, lifecycle, meta, include_usage)
-        return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return SseStream(body, media_type="text/event-stream", headers=SSE_HEADERS)
     if watch is None:
         return await complete(first, events, lifecycle, meta)
     return await _complete_unless_gone(complete(first, events, lifecycle, meta), lifecycle, watch)
@@ -174,26 +175,33 @@ async def stream(
     meta: Meta,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
+    """The SSE body; events that are ready together leave in one body part (see `_Batch`)."""
     upcoming = _KeepAlive(events, lifecycle)
+    batch = _Batch()
     try:
-        yield sse.event(meta.chunk(Delta(role="assistant", content="")))
+        batch.add(sse.event(meta.chunk(Delta(role="assistant", content=""))))
         event: AgentEvent | None = first
         while not isinstance(event, Done):
             if isinstance(event, TextChunk):
-                yield sse.event(meta.chunk(Delta(content=event.text)))
+                batch.add(sse.event(meta.chunk(Delta(content=event.text))))
             elif isinstance(event, ClientToolCalls):
-                yield sse.event(meta.chunk(Delta(tool_calls=_delta_calls(event.calls))))
-            event = await upcoming.next()
+                batch.add(sse.event(meta.chunk(Delta(tool_calls=_delta_calls(event.calls)))))
+            event = await upcoming.ready() if not batch.full() else None
+            if event is None:  # the agent is still working: what is rendered goes now
+                if batch:
+                    yield batch.take()
+                event = await upcoming.next()
             while event is None:  # tools are still running: keep proxies and clients patient
                 yield sse.KEEP_ALIVE
                 event = await upcoming.next()
         await _not_closed_elsewhere(lifecycle)
-        yield sse.event(meta.chunk(Delta(), finish_reason=event.finish_reason))
+        batch.add(sse.event(meta.chunk(Delta(), finish_reason=event.finish_reason)))
         if include_usage:
             usage = ChatCompletionChunk(
                 id=meta.id, created=meta.created, model=meta.model, choices=[], usage=_usage(event.usage)
             )
-            yield sse.event(usage)
+            batch.add(sse.event(usage))
+        yield batch.take()
         await lifecycle.finish(event.outcome, 200, finish_reason=event.finish_reason)
         yield sse.DONE
     except (asyncio.CancelledError, GeneratorExit):
@@ -206,7 +214,8 @@ async def stream(
     except Exception as exc:  # after headers, errors travel in the stream
         upcoming.abandon()
         error = to_bmo_error(exc)
-        yield sse.event(envelope(error))
+        batch.add(sse.event(envelope(error)))  # after what was rendered before the error
+        yield batch.take()
         # finish (and release the session) before [DONE]: a client that leaves on
         # [DONE] must not be able to cancel the release
         await lifecycle.finish("error_500", error.status, error=error.ledger_error)
@@ -215,40 +224,120 @@ async def stream(
         await events.aclose()  # type: ignore[attr-defined]
 
 
-class _KeepAlive:
-    """Pulls the next agent event in a task so the stream can say `: keep-alive` meanwhile.
+class _Batch:
+    """SSE events rendered but not yet handed to the server, sent as one body part.
 
+    Each body part costs a trip through the ASGI send chain, granian's channel and a socket
+    write (~10 µs of the loop thread and as much of granian's, more than rendering the
+    chunk): when an upstream delivers many chunks at once, they leave together. Only events
+    the agent produced without waiting are gathered (`_KeepAlive.ready`), so no chunk waits
+    for a later one; `MAX_BYTES` bounds what a fast upstream can gather.
+    """
+
+    MAX_BYTES = 16 * 1024
+    __slots__ = ("_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, part: bytes) -> None:
+        self._parts.append(part)
+        self._size += len(part)
+
+    def full(self) -> bool:
+        return self._size >= self.MAX_BYTES
+
+    def take(self) -> bytes:
+        parts, self._parts, self._size = self._parts, [], 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _KeepAlive:
+    """Pulls agent events in a task so the stream can say `: keep-alive` meanwhile.
+
+    A pull takes every event the agent produces without waiting (the chunks of one
+    upstream read), up to `RUN_MAX`, and stops after the first event that took a wait:
+    one task and one loop turn per run of ready events instead of per event (a task and a
+    turn per chunk were most of a streamed chunk's loop-thread cost). The events it took are
+    exactly those the stream would have asked for at once (`ready`), so nothing is pulled
+    ahead of the stream beyond the one event that `next` or `ready` leaves in flight.
     It also watches the process's shutdown drain: past its deadline, `next` raises `Interrupted`.
     """
+
+    RUN_MAX = 64
 
     def __init__(
         self, events: AsyncIterator[AgentEvent], lifecycle: RequestLifecycle, every_s: float = KEEP_ALIVE_S
     ) -> None:
         self._events = events
         self._every = every_s
-        self._pending: asyncio.Task[AgentEvent] | None = None
+        self._taken: deque[AgentEvent] = deque()  # pulled, not yet handed over
+        self._error: Exception | None = None  # what the agent raised, once `_taken` is handed over
+        self._pending: asyncio.Task[None] | None = None
         self._drain = lifecycle.drain
+
+    async def ready(self) -> AgentEvent | None:
+        """The next event if the agent produced it without waiting, else None (the pull
+        stays in flight: `next` takes it)."""
+        event = self._pop()
+        if event is None:
+            await self._started()
+            event = self._pop()
+        return event
 
     async def next(self) -> AgentEvent | None:
         """The next event, or None when `every_s` passed without one."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(anext(self._events))
-            # One loop turn lets the pull take its first step: when the event was already
-            # buffered (most chunks of a stream) it is done now, and the waiter, the
+        event = self._pop()
+        if event is not None:
+            return event
+        pending = await self._started()
+        if not pending.done() and not self._taken:
+            await self._first_of(pending)
+        event = self._pop()
+        if event is None and self._drain is not None and self._drain.interrupted:
+            raise self._drain.error()
+        return event
+
+    def _pop(self) -> AgentEvent | None:
+        """The oldest event taken; once they are handed over, the agent's error (StopAsyncIteration
+        at its end); None while the pull waits."""
+        if self._taken:
+            return self._taken.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def _started(self) -> asyncio.Task[None]:
+        """The pull in flight, started now (and given its first loop turn) if there was none."""
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(self._pull())
+            # One loop turn lets the pull take its first step: when the events were already
+            # buffered (most chunks of a stream) they are taken now, and the waiter, the
             # keep-alive timer and a second loop turn are skipped (~8 % of a streamed
             # request's loop-thread CPU, docs/performance-analysis.md).
             await asyncio.sleep(0)
-        pending = self._pending
-        if not pending.done():
-            await self._first_of(pending)
-        if not pending.done():
-            if self._drain is not None and self._drain.interrupted:
-                raise self._drain.error()
-            return None
-        self._pending = None
-        return pending.result()
+        return self._pending
 
-    async def _first_of(self, pending: asyncio.Future[AgentEvent]) -> None:
+    async def _pull(self) -> None:
+        """Take events while they come without a wait; stop after one that came after a wait."""
+        waited: list[bool] = []
+        turn = asyncio.get_running_loop().call_soon(waited.append, True)  # runs if the pull waits
+        try:
+            for _ in range(self.RUN_MAX):
+                event = await anext(self._events)
+                self._taken.append(event)
+                if waited or isinstance(event, Done):
+                    return
+        except Exception as exc:  # for `next`, after the events taken before it
+            self._error = exc
+        finally:
+            turn.cancel()
+
+    async def _first_of(self, pending: asyncio.Future[None]) -> None:
         """Until the event, the drain's deadline or `every_s`, whichever comes first.
 
         What `asyncio.wait(..., FIRST_COMPLETED, timeout)` does, with one waiter and
@@ -282,3 +371,4 @@ class _KeepAlive:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        self._taken.clear()

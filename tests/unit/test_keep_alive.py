@@ -112,3 +112,41 @@ def test_a_cancelled_caller_leaves_no_callback_behind() -> None:
         assert await pull.next() == "second"
 
     asyncio.run(scenario())
+
+
+def test_events_ready_together_are_taken_by_one_pull_in_one_task() -> None:
+    async def scenario() -> None:
+        tasks: list[object] = []
+
+        async def ready_at_once() -> AsyncIterator[object]:
+            for i in range(5):
+                tasks.append(asyncio.current_task())
+                yield i
+
+        pull = _pull(ready_at_once())
+        assert [await pull.next()] + [await pull.ready() for _ in range(4)] == [0, 1, 2, 3, 4]
+        assert len(set(map(id, tasks))) == 1  # one pull task (and loop turn) for the run, not one per event
+
+    asyncio.run(scenario())
+
+
+def test_nothing_is_pulled_past_an_event_that_came_after_a_wait() -> None:
+    async def scenario() -> None:
+        gate, produced = asyncio.Event(), []
+
+        async def events() -> AsyncIterator[object]:
+            for name in ("a", "b", "c"):
+                if name == "b":
+                    await gate.wait()  # the upstream is slow here
+                produced.append(name)
+                yield name
+
+        pull = _pull(events())
+        assert await pull.next() == "a"
+        assert await pull.ready() is None  # "b" needs a wait: the pull stays in flight
+        gate.set()
+        assert await pull.next() == "b"
+        assert produced == ["a", "b"]  # "c" is pulled only when asked for
+        assert await pull.ready() == "c"
+
+    asyncio.run(scenario())
