@@ -962,6 +962,9 @@ arm's (for a pair, of the first value); for latency and CPU lower is better, for
 
 {targets_table(results)}
 
+Why a target is met or missed, with the profiles and per-thread CPU that say so, and what each change
+did: [performance-analysis.md](performance-analysis.md) (its sections are dated; the newest is last).
+
 ## Two workers (1 vs 2 on the same load)
 
 {workers2_section(results)}
