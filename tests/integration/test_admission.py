@@ -5,7 +5,10 @@ admission path. Injecting the release of the session's active run (and, separate
 starts failing) after every step, in turn, covers every interleaving of "admit B" with "release A"
 and "the store fails", with a real SQLite store, writer and session service. The invariant: once
 everything settles, no session is busy with a run nothing executes, and a queued run that was
-answered 409 runs exactly once.
+answered 409 runs exactly once. And at every commit: a run the session service ran is never
+released before its terminal event is saved (a saved release implies a saved `Finished`), and
+one process never conflicts with itself on a run's stream (which would refuse the run's later
+events, its `Finished` among them, and re-decide them in the background, after the release).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from app.commands.execute import Executor
 from app.errors import BmoError, SessionBusy
 from app.events.run import Finished, fold
 from app.events.select import open_event_store
-from app.events.session import session_uuid
+from app.events.session import RunReleased, session_uuid
 from app.events.writer import EventWriter, PersistFailed
 from app.providers.base import ChatMessage, Usage
 from app.telemetry import Records
@@ -89,6 +92,12 @@ class Harness:
         self.writer = EventWriter(self.store)
         self.executor = SeamExecutor(self.store, self.writer)
         self.turns = FakeTurns()
+        self.not_run_here: set[str] = set()  # released without a terminal event: the test's own runs
+        self.violations: list[str] = []
+        self.conflicts: list[set[UUID]] = []
+        told = self.writer.on_conflict  # the executor's: keep it, and note each conflict
+        self.writer.on_conflict = lambda streams: (self.conflicts.append(streams), told(streams))[-1]
+        self.writer.on_commit = self._check_terminal_first
         catalog = SimpleNamespace(resolve=lambda model: SimpleNamespace(id=model, model=model))
         self.sessions = SessionService(
             executor=self.executor,
@@ -98,6 +107,15 @@ class Harness:
             defaults=DEFAULTS,
             max_queue_depth=4,
         )
+
+    def _check_terminal_first(self, _position: int) -> None:
+        """On every commit: each released run of ours already has its `Finished` saved."""
+        for event in self.store.stream(session_uuid(SESSION)):
+            if not isinstance(event, RunReleased) or event.run_id in self.not_run_here:
+                continue
+            run = self.store.stream(UUID(hex=event.run_id))
+            if not any(isinstance(e, Finished) for e in run):
+                self.violations.append(f"{event.run_id} released with {[type(e).__name__ for e in run]}")
 
     async def lifecycle(self) -> RequestLifecycle:
         lifecycle = RequestLifecycle(
@@ -146,6 +164,7 @@ async def _race(tmp: Path, after: int, *, fault: bool) -> None:
     h.writer.start()
     try:
         a = await h.lifecycle()
+        h.not_run_here.add(a.request_id)  # released by the test itself, never finished
         assert await h.admit(a, "question A") == "active"
 
         async def release_a() -> None:
@@ -175,11 +194,14 @@ async def _race(tmp: Path, after: int, *, fault: bool) -> None:
             events = await asyncio.to_thread(h.store.stream, UUID(hex=queued))
             assert sum(isinstance(e, Finished) for e in events) == 1
             assert fold(UUID(hex=queued), events).outcome == "final_answer"
+            assert [type(e).__name__ for e in events] == ["Fired", "Queued", "Finished"]
         elif outcome == "active":  # the release came first: B was admitted to run at once
             assert not ran
         else:  # refused (store failing): nothing of B may hold the session
             assert outcome in ("store_unavailable", "PersistFailed"), outcome
             assert not ran
+        assert not h.violations, h.violations
+        assert not h.conflicts, h.conflicts
     finally:
         switch.unlink(missing_ok=True)
         await h.sessions.aclose()
