@@ -186,8 +186,8 @@ class Executor:
                 self._unkeep(kind, stream_id, before=state, after=after)
                 raise
             except BaseException:
-                # not saved (PersistFailed, outbox overflow, cancelled): the cache must not
-                # hold events the store never took; the next command reloads what is stored
+                # not taken (outbox overflow, cancelled): the cache must not hold events the
+                # store may never take; the next command reloads what is stored
                 self.forget(stream_id)
                 raise
         raise IntegrityError(f"stream {stream_id} kept changing under {type(cmd).__name__}")
