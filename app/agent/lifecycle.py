@@ -10,6 +10,7 @@ the terminal event (a session releases its run there).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,12 +22,13 @@ from app.agent.drain import Drain
 from app.commands import CancelRun, FinishRun, FireRun
 from app.commands.execute import Executor
 from app.commands.note_run import IgnoreRequester
-from app.errors import BmoError
+from app.errors import BmoError, PersistFailed
 from app.outcomes import Outcome
 from app.telemetry import Records
 
 __all__ = ["RequestLifecycle", "RouteDefaults"]
 
+log = logging.getLogger(__name__)
 UA_LIMIT = 64  # bytes, per SPEC §11
 
 
@@ -167,23 +169,36 @@ class RequestLifecycle:
             await self.executor.execute(
                 CancelRun(run_id=self.run_id, at=datetime.now(UTC), reason=error or "cancelled", by=by)
             )
-        await self.executor.execute(
-            FinishRun(
-                run_id=self.run_id,
-                at=datetime.now(UTC),
-                outcome=outcome,
-                status_code=status_code,
-                elapsed_ms=elapsed,
-                error=error,
-                finish_reason=finish_reason,
-            )
+        finish = FinishRun(
+            run_id=self.run_id,
+            at=datetime.now(UTC),
+            outcome=outcome,
+            status_code=status_code,
+            elapsed_ms=elapsed,
+            error=error,
+            finish_reason=finish_reason,
         )
-        if self.on_finish:
-            # Shielded: a cancelled request (client gone) must still release its session.
-            self.closing_hooks = asyncio.get_running_loop().create_task(self._run_hooks(outcome))
-            await asyncio.shield(self.closing_hooks)
+        if not self.on_finish:
+            await self.executor.execute(finish)
+            return
+        # Shielded: a cancelled request (client gone) must still end its run and release its session.
+        self.closing_hooks = asyncio.get_running_loop().create_task(self._end_then_hooks(finish, outcome))
+        await asyncio.shield(self.closing_hooks)
 
-    async def _run_hooks(self, outcome: Outcome) -> None:
+    async def _end_then_hooks(self, finish: FinishRun, outcome: Outcome) -> None:
+        """Save the terminal event, then run the hooks: a saved release implies a saved `Finished`.
+
+        Durable, so a stale-version conflict is re-decided here rather than in the
+        background after the session was released (a run released without its
+        `Finished`, or with its events re-decided out of order). While the store is
+        failing it joins the outbox instead, ahead of the release that follows it.
+        """
+        try:
+            await self.executor.execute(finish, durable=not self.executor.store_failing)
+        except PersistFailed:  # the store failed meanwhile: the outbox keeps it, ahead of the release
+            await self.executor.execute(finish)
+        except Exception:  # never leave a session busy because its run's end was not recorded
+            log.exception("run %s: the terminal event could not be recorded", self.request_id)
         for hook in self.on_finish:
             await hook(outcome)
 

@@ -151,16 +151,23 @@ class SessionService:
             position=event.position,
         )
 
-    async def _open_queued_stream(self, run_id: str, work: QueuedWork, *, durable: bool) -> None:
+    async def _open_queued_stream(
+        self, run_id: str, work: QueuedWork, *, durable: bool, fired: bool = False
+    ) -> None:
         """The deferred run's own stream (`Fired`, `Queued`): for resume and the ledger.
 
         Idempotent (both decides are no-ops once written). When the store fails, the
         events wait in the writer's outbox: the queueing itself is already saved.
+        `fired`: the stored stream already opens with `Fired`. Then no FireRun: the
+        executor decides a FireRun it has no cached state for on an empty stream (a
+        stream being opened has no history), which would be a second `Fired`, refused
+        with every later event of the run (its `Queued`, its `Finished`).
         """
         run = UUID(hex=run_id)
         now = datetime.now(UTC)
+        fire = () if fired else (FireRun(run_id=run, at=now, requester=work.requester, **work.fired),)
         commands = (
-            FireRun(run_id=run, at=now, requester=work.requester, **work.fired),
+            *fire,
             QueueRun(
                 run_id=run,
                 at=now,
@@ -279,8 +286,10 @@ class SessionService:
     async def _run_deferred(self, stream_id: UUID, run_id: str) -> None:
         try:
             work = await self._queued_work(stream_id, run_id)
-            if work is not None and not await self._stream_opened(run_id):
-                await self._open_queued_stream(run_id, work, durable=False)
+            opened = await self._executor.events(UUID(hex=run_id)) if work is not None else []
+            if work is not None and not any(isinstance(e, Queued) for e in opened):
+                fired = any(isinstance(e, Fired) for e in opened)
+                await self._open_queued_stream(run_id, work, durable=False, fired=fired)
         except Exception:
             log.exception("deferred run %s could not be prepared", run_id)
             work = None
@@ -297,11 +306,6 @@ class SessionService:
 
         lifecycle.on_finish.append(release)
         await self._drive(lifecycle, work, new_turn, result)
-
-    async def _stream_opened(self, run_id: str) -> bool:
-        """Did the queueing request write the run's own stream (the usual case)?"""
-        events = await self._executor.events(UUID(hex=run_id))
-        return any(isinstance(e, Queued) for e in events)
 
     async def _release_stream(self, stream_id: UUID, run_id: str) -> None:
         """End a run that cannot start (if its stream exists) and free its session."""

@@ -48,6 +48,7 @@ from app.commands import (
 )
 from app.commands.base import RunCommand
 from app.commands.session_base import SessionCommand
+from app.errors import PersistFailed
 from app.events import run as run_stream
 from app.events import session as session_stream
 from app.events.lease import OwnLease
@@ -181,12 +182,20 @@ class Executor:
             except IntegrityError:
                 self.forget(stream_id)  # stale: reload and decide again
                 await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+            except PersistFailed:
+                self._unkeep(kind, stream_id, before=state, after=after)
+                raise
             except BaseException:
-                # not saved (PersistFailed, outbox overflow, cancelled): the cache must not
-                # hold events the store never took; the next command reloads what is stored
+                # not taken (outbox overflow, cancelled): the cache must not hold events the
+                # store may never take; the next command reloads what is stored
                 self.forget(stream_id)
                 raise
         raise IntegrityError(f"stream {stream_id} kept changing under {type(cmd).__name__}")
+
+    @property
+    def store_failing(self) -> bool:
+        """The writer's degraded flag: saves are failing and new events wait in its outbox."""
+        return self._writer.state.degraded
 
     async def state_of(self, run_id: UUID) -> run_stream.RunState:
         """A run's current state, reloaded from the store (for cross-process readers)."""
@@ -286,6 +295,22 @@ class Executor:
         for event in events:
             state = kind.evolve(state, event)
         return state
+
+    def _unkeep(self, kind: _Kind[S], stream_id: UUID, *, before: S, after: S) -> None:
+        """Undo a refused durable save in the cache: back to the state before it.
+
+        The writer dropped exactly that submission; the stream's earlier events that still
+        wait in the outbox are in `before`. Forgetting instead would make the next command
+        reload the store, which lacks them: it would decide on a state missing events that
+        are yet to be saved (a `Queued` decided as a no-op, a `Fired` decided twice and
+        refused with every later event of the run). Only when nothing else was decided on
+        the stream since (else its state is unknown: reload).
+        """
+        cached = self._live.get(stream_id)
+        if kind.cache and (cached is after or (cached is None and not kind.keep(after))):
+            self._keep(kind, before)
+        else:
+            self.forget(stream_id)
 
     def _keep(self, kind: _Kind[S], state: S, *, always: bool = False) -> None:
         """Keep a state this process now knows: a run's as the truth, a session's as last known."""
