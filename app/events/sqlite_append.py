@@ -15,6 +15,7 @@ same error translation and the same rollback, through the same connection pool.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -112,8 +113,19 @@ def _insert_and_commit(
     try:
         conn.commit()
     except sqlite3.Error as exc:
+        _end_open_transaction(conn)
         raise translated(exc) from exc
     return int(last or 0)
+
+
+def _end_open_transaction(conn: sqlite3.Connection) -> None:
+    """A COMMIT that failed with SQLITE_BUSY leaves its transaction open (SQLite documents
+    it): rolled back here, or the pooled writer connection would go back to the pool holding
+    the write lock, and every later save would fail with "cannot start a transaction within
+    a transaction" until a restart. Its own failure changes nothing for the caller."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.rollback()
 
 
 def _roll_back(conn: sqlite3.Connection, exc: BaseException) -> None:

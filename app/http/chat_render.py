@@ -309,6 +309,10 @@ class _KeepAlive:
             return self._taken.popleft()
         if self._error is not None:
             raise self._error
+        if self._pending is not None and self._pending.cancelled():
+            # the agent itself was cancelled (not by `abandon`, which drops the pull): the
+            # stream ends cancelled, never with a keep-alive and a pull past the agent's end
+            raise asyncio.CancelledError
         return None
 
     async def _started(self) -> asyncio.Task[None]:

@@ -13,6 +13,7 @@ does in Litestar (the body's generator sees the cancellation and records the run
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from litestar.response import Stream
@@ -21,6 +22,8 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
 __all__ = ["SseStream"]
+
+log = logging.getLogger(__name__)
 
 
 class _Disconnect:
@@ -33,8 +36,11 @@ class _Disconnect:
         self.cancelled = False
 
     async def listen(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass  # a server that says more (another body part): keep listening, as Litestar does
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass  # a server that says more (another body part): keep listening, as Litestar does
+        except Exception:  # a broken receive can no longer tell a disconnect: end the body as if gone
+            log.warning("the client's connection could not be watched; the answer ends", exc_info=True)
         self.cancelled = True
         self.task.cancel()
 

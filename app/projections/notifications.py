@@ -9,8 +9,10 @@ builds each event exactly as the mapper would: the class from the topic, the
 state decoded, the identity fields set, `__dict__` assigned without `__init__`.
 
 The decode is short only where it is exact: a state whose one registered-type
-value is its `timestamp` (every event bmo writes; a string containing `"_type_"`
-is escaped in JSON, so counting the bytes cannot be fooled). Anything else (a
+value is its `timestamp` (every event bmo writes). Counting the bytes `"_type_"`
+cannot hide a wrapper: a key is always written as those bytes, so a second one is
+counted; text can only add to the count (e.g. a message ending in `"_type_`), which
+sends that event down the mapper's path, never past it. Anything else (a
 nested registered type, an upcast class version, a document msgspec refuses)
 goes through the store's own mapper.
 """

@@ -51,8 +51,8 @@ class ProjectionRunner(Stepping):
     ) -> None:
         """`between_rows_and_tracking` is a test seam: raise from it to crash a step mid-way."""
         self._store = store
-        self._notes = NotificationReader(store)
         self._db = open_read_db(db_path)
+        self._notes = NotificationReader(store)  # after the database: nothing to leak if that fails
         self._capacity = ledger_capacity
         self._batch_size = batch_size
         self._poll = poll_interval
@@ -76,8 +76,10 @@ class ProjectionRunner(Stepping):
         return self._db.conn
 
     def close(self) -> None:
-        self._db.close()
-        self._notes.close()
+        try:
+            self._db.close()
+        finally:
+            self._notes.close()
 
     async def stop(self) -> None:
         if self._task is not None:

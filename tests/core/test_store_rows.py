@@ -135,3 +135,30 @@ def test_a_configured_compressor_is_honoured_through_eventsourcings_mapper(
     finally:
         store.close()
     assert not table(tmp_path / "events.db")[0][4].startswith(b"{")  # compressed, not plain JSON
+
+
+class _BusyAtCommit:
+    """A connection whose COMMIT fails the way SQLITE_BUSY does: the transaction stays open."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    def commit(self) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+
+def test_a_commit_that_fails_busy_leaves_no_transaction_open_on_the_connection(tmp_path: Path) -> None:
+    """Else the pooled writer connection keeps the write lock and every later save fails."""
+    from app.events.sqlite_append import _insert_and_commit
+
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (a INTEGER)")
+    cursor = conn.cursor()
+    with pytest.raises(OperationalError, match="locked"):
+        _insert_and_commit(_BusyAtCommit(conn), cursor, "INSERT INTO t VALUES (?)", [(1,)])  # type: ignore[arg-type]
+    assert not conn.in_transaction
+    assert _insert_and_commit(conn, cursor, "INSERT INTO t VALUES (?)", [(2,)]) > 0
+    assert conn.execute("SELECT a FROM t").fetchall() == [(2,)]

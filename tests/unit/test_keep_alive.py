@@ -150,3 +150,20 @@ def test_nothing_is_pulled_past_an_event_that_came_after_a_wait() -> None:
         assert await pull.ready() == "c"
 
     asyncio.run(scenario())
+
+
+def test_an_agent_that_is_cancelled_inside_ends_the_stream_cancelled() -> None:
+    """The agent raising CancelledError (it awaited a task someone cancelled) is not
+    "no event yet": the caller sees the cancellation, as with one pull per event."""
+
+    async def cancelled_inside() -> AsyncIterator[object]:
+        yield "first"
+        raise asyncio.CancelledError
+
+    async def scenario() -> None:
+        pull = _pull(cancelled_inside())
+        assert await pull.next() == "first"
+        with pytest.raises(asyncio.CancelledError):
+            await pull.next()
+
+    asyncio.run(scenario())

@@ -110,3 +110,31 @@ def test_the_stream_answers_with_this_body() -> None:
     stream = SseStream(iter([b"x"]), media_type="text/event-stream")
     response = stream.to_asgi_response(None, None)  # type: ignore[arg-type]
     assert type(response) is _ASGISseResponse
+
+
+def test_a_receive_that_fails_ends_the_body_as_a_disconnect_would() -> None:
+    """Without a working receive nobody would notice the client leaving: the body must not
+    run on unwatched (the agent would keep its upstream and tools busy for nobody)."""
+
+    async def scenario() -> None:
+        log: list[str] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield b"data: 1\n\n"
+                await asyncio.Event().wait()  # the agent is still working
+                yield b"never"
+            except asyncio.CancelledError:
+                log.append("cancelled")
+                raise
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        async def receive() -> dict[str, Any]:
+            raise RuntimeError("the server's channel broke")
+
+        await asyncio.wait_for(_response(body()).send_body(send, receive), timeout=10)
+        assert log == ["cancelled"]
+
+    asyncio.run(scenario())
