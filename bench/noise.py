@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procs import proc_stats
+
 __all__ = ["NOISY_SHARE", "Snapshot", "noise_reasons", "others_cores", "snapshot"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,7 +52,7 @@ class Snapshot:
 
 def snapshot(root: int | None = None) -> Snapshot:
     """One reading of /proc: the tree under `root` (default: this process) is the bench's own."""
-    stats = _all_stats()
+    stats = proc_stats()
     own = _tree(stats, os.getpid() if root is None else root)
     return Snapshot(
         at=time.monotonic(),
@@ -89,21 +91,6 @@ def noise_reasons(
 def _machine_ticks() -> int:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return fields[0] + fields[1] + fields[2]  # user, nice, system (guest is inside user)
-
-
-def _all_stats() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime + stime + cutime + cstime) for every process readable now."""
-    out: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
-    return out
 
 
 def _tree(stats: dict[int, tuple[int, int]], root: int) -> list[int]:

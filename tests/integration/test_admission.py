@@ -153,6 +153,13 @@ class Harness:
             return getattr(exc, "code", None) or type(exc).__name__
         return "active" if admission.active else "?"
 
+    async def close(self) -> None:
+        """Sessions (their background runs), then the writer, the store and the records."""
+        await self.sessions.aclose()
+        await self.writer.close()
+        self.store.close()
+        self.records.close()
+
     async def settled(self, timeout: float = 20.0) -> Any:
         """The session once it is free with nothing queued (polls the store; bounded)."""
         loop = asyncio.get_running_loop()
@@ -211,10 +218,7 @@ async def _race(tmp: Path, after: int, *, fault: bool) -> None:
         assert not h.conflicts, h.conflicts
     finally:
         switch.unlink(missing_ok=True)
-        await h.sessions.aclose()
-        await h.writer.close()
-        h.store.close()
-        h.records.close()
+        await h.close()
 
 
 @pytest.mark.parametrize("after", range(1, 6))
@@ -300,10 +304,7 @@ def test_the_session_stream_holds_what_a_queued_run_needs(tmp_path: Path) -> Non
         assert len(queued) == 1 and queued[0].messages == [{"role": "user", "content": "question B"}]
         await h.sessions.release(SESSION, a.request_id, "final_answer", [])
         await h.settled()
-        await h.sessions.aclose()
-        await h.writer.close()
-        h.store.close()
-        h.records.close()
+        await h.close()
 
     asyncio.run(scenario())
 
@@ -342,11 +343,8 @@ def test_a_deferred_run_another_writer_appended_to_is_released_only_after_its_fi
             assert names == ["Fired", "Queued", "ContentAppended", "Finished"], names
             assert fold(events[0].originator_id, events).outcome == "final_answer"
         finally:
-            await h.sessions.aclose()
-            await h.writer.close()
             await other_writer.close()
-            h.store.close()
-            h.records.close()
+            await h.close()
 
     asyncio.run(scenario())
 
@@ -376,10 +374,7 @@ def test_a_deferred_run_whose_stream_holds_only_fired_starts_without_a_conflict(
             assert not h.violations, h.violations
             assert [type(e).__name__ for e in events] == ["Fired", "Queued", "Finished"]
         finally:
-            await h.sessions.aclose()
-            await h.writer.close()
-            h.store.close()
-            h.records.close()
+            await h.close()
 
     asyncio.run(scenario())
 
