@@ -6,6 +6,7 @@ key prefix: it is fixed as "bmo" and never renamed.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,15 @@ class EventStore:
 
     def to_event(self, notification: Notification) -> DomainEvent:
         return cast(DomainEvent, self._app.mapper.to_domain_event(notification))
+
+    def identity_at(self, notification_id: int) -> tuple[str, int] | None:
+        """(stream id as hex, version) of the event stored at `notification_id`, if any."""
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10)) as conn:
+            row = conn.execute(
+                "SELECT originator_id, originator_version FROM stored_events WHERE rowid = ?",
+                (notification_id,),
+            ).fetchone()
+        return None if row is None else (UUID(str(row[0])).hex, int(row[1]))
 
     def max_notification_id(self) -> int:
         return self._app.recorder.max_notification_id() or 0

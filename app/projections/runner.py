@@ -20,7 +20,7 @@ from eventsourcing.domain import DomainEvent
 
 from app.events.store import EventStore
 from app.projections import counts, permissions, runs
-from app.projections.db import open_read_db
+from app.projections.db import ReadDb, open_read_db, reset_read_models
 from app.projections.notifications import NotificationReader
 from app.projections.rows import RowOp, apply_ops
 from app.projections.stepping import Stepping
@@ -51,7 +51,7 @@ class ProjectionRunner(Stepping):
     ) -> None:
         """`between_rows_and_tracking` is a test seam: raise from it to crash a step mid-way."""
         self._store = store
-        self._db = open_read_db(db_path)
+        self._db = _read_db_behind(store, db_path)
         self._notes = NotificationReader(store)  # after the database: nothing to leak if that fails
         self._capacity = ledger_capacity
         self._batch_size = batch_size
@@ -122,3 +122,41 @@ class ProjectionRunner(Stepping):
             "SELECT position FROM projection_tracking WHERE name = ?", (NAME,)
         ).fetchone()
         return row[0] if row else 0
+
+
+def _read_db_behind(store: EventStore, db_path: Path) -> ReadDb:
+    """The read database, rebuilt from the store unless the store still holds what it projected.
+
+    Read models built from commits the store no longer has: a power loss under
+    `synchronous=NORMAL` can drop the last commits after the projector read them, and a
+    store restored from an older copy has fewer events. Then the lost runs would stay in
+    the ledger, and the events that reuse those notification ids would be skipped for
+    ever. The last projected event (every event is on a run's timeline, at its
+    notification id) must still be the store's event at that id; else the store is the
+    truth: the read models are dropped and replayed from it.
+    """
+    db = open_read_db(db_path)
+    row = db.conn.execute("SELECT position FROM projection_tracking WHERE name = ?", (NAME,)).fetchone()
+    tracked = row[0] if row else 0
+    if tracked == 0 or _still_stored(db, store, tracked):
+        return db
+    log.warning(
+        "read models were built from events the event store no longer holds (projected up to %d, "
+        "the store ends at %d): it lost commits or was restored from an older copy; rebuilding them",
+        tracked,
+        store.max_notification_id(),
+    )
+    db.close()
+    reset_read_models(db_path)
+    return open_read_db(db_path)
+
+
+def _still_stored(db: ReadDb, store: EventStore, position: int) -> bool:
+    """Is the event projected at `position` the store's event at that notification id?"""
+    stored = store.identity_at(position)
+    if stored is None:
+        return False
+    projected = db.conn.execute(
+        "SELECT request_id, version FROM openai_compat_run_events WHERE seq = ?", (position,)
+    ).fetchone()
+    return projected is None or (projected[0], projected[1]) == stored  # None: pruned, nothing to compare

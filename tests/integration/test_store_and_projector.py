@@ -181,6 +181,34 @@ def test_rebuild_by_replay_equals_the_live_read_models(tmp_path: Path) -> None:
     assert dump() == live
 
 
+@pytest.mark.parametrize("new_requests", [0, 1, 2])
+def test_read_models_ahead_of_a_store_that_lost_commits_are_rebuilt_from_it(
+    tmp_path: Path, new_requests: int
+) -> None:
+    """A power loss under synchronous=NORMAL (or a store restored from an older copy) can
+    take commits the projector already read: the lost run must not stay in the ledger, and
+    new events that reuse the lost ids (before or after the projector restarts) must not
+    be skipped."""
+    store = open_event_store(tmp_path)
+    ids = asyncio.run(run_requests(store, 5))
+    path = read_db_path(tmp_path)
+    ProjectionRunner(store, path, ledger_capacity=100).catch_up()
+    with sqlite3.connect(store.path) as conn:  # the last request's three commits are gone
+        conn.execute("DELETE FROM stored_events WHERE rowid > 12")
+    later = asyncio.run(run_requests(store, new_requests)) if new_requests else []
+    assert store.max_notification_id() == 12 + 3 * new_requests
+
+    ProjectionRunner(store, path, ledger_capacity=100).catch_up()
+
+    conn = open_read_db(path).conn
+    rows, _ = runs.list_runs(conn, limit=50)
+    assert {r["request_id"] for r in rows} == set(ids[:4] + later)
+    assert all(r["outcome"] == "final_answer" for r in rows)
+    assert counts.route_counts(conn) == {"chat_completions": 4 + new_requests}
+    for request_id in later:
+        assert [e["type"] for e in runs.run_events(conn, request_id)] == ["Fired", "Started", "Finished"]
+
+
 def test_ledger_capacity_prunes_the_oldest_runs(tmp_path: Path) -> None:
     store = open_event_store(tmp_path)
     ids = asyncio.run(run_requests(store, 6))
