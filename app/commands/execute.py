@@ -173,6 +173,7 @@ class Executor:
                     self._last_submitted[stream_id] = (done, began)
                 else:  # finished: nothing will ask
                     self._last_submitted.pop(stream_id, None)
+            self._hold_until_saved(kind, after, done)
             if not durable:  # the outbox keeps them until the store takes them: the cache is right
                 done.add_done_callback(partial(self._on_saved, cmd=cmd))
                 return Executed(events, after)
@@ -311,6 +312,24 @@ class Executor:
             self._keep(kind, before)
         else:
             self.forget(stream_id)
+
+    def _hold_until_saved(self, kind: _Kind[S], state: S, saving: asyncio.Future[int]) -> None:
+        """A run that just ended stays cached until its last events are saved.
+
+        An ended run is not kept (nothing more is decided on it), but a command another path
+        of this process decides on it meanwhile (a late `QueueRun` of the admission that
+        queued it) would otherwise reload a store that lacks the events still waiting to be
+        saved, decide them again and conflict with its own process's writes.
+        """
+        if not kind.cache or kind.keep(state) or saving.done():
+            return
+        stream_id = _stream_id(state)
+        self._live[stream_id] = cast(run_stream.RunState, state)
+        saving.add_done_callback(partial(self._release_held, stream_id, state))
+
+    def _release_held(self, stream_id: UUID, state: Any, _saving: asyncio.Future[int]) -> None:
+        if self._live.get(stream_id) is state:  # nothing newer was decided or reloaded since
+            del self._live[stream_id]
 
     def _keep(self, kind: _Kind[S], state: S, *, always: bool = False) -> None:
         """Keep a state this process now knows: a run's as the truth, a session's as last known."""

@@ -8,11 +8,14 @@ save that went through.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from app.commands.append_content import AppendContent
 from app.commands.execute import Executor
+from app.commands.finish_run import FinishRun
+from app.commands.queue_run import QueueRun
 from app.events.run import ContentAppended
 from app.events.store import EventStore
 from app.events.writer import EventWriter
@@ -219,5 +222,60 @@ def test_a_command_that_decides_nothing_returns_the_stored_state(tmp_path: Path)
         assert appended.state.version == 2
         await writer.close()
         store.close()
+
+    asyncio.run(main())
+
+
+class _HeldStore(EventStore):
+    """The real store; while `held`, a save waits for `released` (a commit still in flight)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.held = False
+        self.released = threading.Event()
+
+    def save(self, events):  # type: ignore[no-untyped-def]
+        if self.held:
+            self.released.wait(10)
+        return super().save(events)
+
+
+def test_a_run_that_ended_is_decided_on_its_unsaved_events_until_they_are_saved(tmp_path: Path) -> None:
+    """A command on a run that just ended, decided while its last events still wait to be
+    saved (another path of the same process, e.g. the admission that queued a deferred run
+    which has already run), sees those events: it decides nothing, and the process never
+    conflicts with its own writes."""
+
+    async def main() -> None:
+        store = _HeldStore(tmp_path / "events.db")
+        writer = EventWriter(store)
+        writer.start()
+        conflicts: list[set[UUID]] = []
+        executor = Executor(store, writer)
+        told = writer.on_conflict
+        writer.on_conflict = lambda streams: (conflicts.append(streams), told(streams))[-1]
+        run_id = uuid4()
+        queue = QueueRun(
+            run_id=run_id, at=now(), session_id="s", position=1, by_request="r", messages=[], options={}
+        )
+        await executor.execute(fire_cmd(run_id, session_id="s"), durable=True)  # saved
+        store.held = True  # what follows waits unsaved
+        await executor.execute(queue)
+        finish = FinishRun(run_id=run_id, at=now(), outcome="final_answer", status_code=200, elapsed_ms=1.0)
+        await executor.execute(finish)
+        waiting = writer._held
+        late = asyncio.ensure_future(executor.execute(queue, durable=True))  # the other path, late
+        for _ in range(10_000):  # until it decided: nothing (done) or something (submitted)
+            if late.done() or writer._held > waiting:
+                break
+            await asyncio.sleep(0.001)
+        store.released.set()
+        assert await asyncio.wait_for(late, 10) == ()  # nothing left to decide
+        assert await writer.flush(10)
+        names = [type(e).__name__ for e in await executor.events(run_id)]
+        await writer.close()
+        store.close()
+        assert names == ["Fired", "Queued", "Finished"]
+        assert conflicts == []
 
     asyncio.run(main())

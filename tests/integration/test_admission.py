@@ -91,6 +91,22 @@ class SeamExecutor(Executor):
                     await inject()
 
 
+def _fire(run_id: UUID, now: datetime) -> FireRun:
+    """A sessionless run's FireRun (its fields do not matter to these tests)."""
+    return FireRun(
+        run_id=run_id,
+        at=now,
+        session_id="",
+        route="chat_completions",
+        model="m",
+        stream=False,
+        tool_policy="chat_only",
+        ambiguity_action="ask",
+        is_session_reuse=False,
+        client_ua="",
+    )
+
+
 class Harness:
     def __init__(self, tmp: Path, switch: Path) -> None:
         self.switch = switch
@@ -247,18 +263,7 @@ def test_a_failed_durable_save_leaves_no_unsaved_events_in_the_cache(tmp_path: P
         run_id = uuid4()
         now = datetime.now(UTC)
         await executor.execute(
-            FireRun(
-                run_id=run_id,
-                at=now,
-                session_id="",
-                route="chat_completions",
-                model="m",
-                stream=False,
-                tool_policy="chat_only",
-                ambiguity_action="ask",
-                is_session_reuse=False,
-                client_ua="",
-            ),
+            _fire(run_id, now),
             durable=True,
         )
         switch.touch()
@@ -398,18 +403,7 @@ def test_a_refused_durable_save_keeps_the_runs_outboxed_events_for_the_next_comm
         now = datetime.now(UTC)
         switch.touch()
         try:
-            fire = FireRun(
-                run_id=run_id,
-                at=now,
-                session_id="",
-                route="chat_completions",
-                model="m",
-                stream=False,
-                tool_policy="chat_only",
-                ambiguity_action="ask",
-                is_session_reuse=False,
-                client_ua="",
-            )
+            fire = _fire(run_id, now)
             await executor.execute(fire)  # waits in the outbox
             with pytest.raises(PersistFailed):
                 await executor.execute(AppendContent(run_id=run_id, at=now, text="refused"), durable=True)
