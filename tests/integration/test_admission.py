@@ -28,7 +28,7 @@ from app.agent.lifecycle import RequestLifecycle, RouteDefaults
 from app.agent.loop import Done
 from app.agent.sessions import SessionService
 from app.agent.turns import TurnOptions, TurnResult
-from app.commands import AppendContent, AskPermission, FireRun
+from app.commands import AppendContent, AskPermission
 from app.commands.execute import Executor
 from app.commands.queue_run import QueueRun
 from app.errors import BmoError, SessionBusy
@@ -38,6 +38,7 @@ from app.events.session import RunReleased, session_uuid
 from app.events.writer import EventWriter, PersistFailed
 from app.providers.base import ChatMessage, Usage
 from app.telemetry import Records
+from tests.core.helpers import fire_cmd
 
 SESSION = "s-race"
 DEFAULTS = RouteDefaults(tool_policy="chat_only", ambiguity_action="ask", default_model="up/m")
@@ -89,22 +90,6 @@ class SeamExecutor(Executor):
                     self.armed = False
                     inject, self.inject = self.inject, None
                     await inject()
-
-
-def _fire(run_id: UUID, now: datetime) -> FireRun:
-    """A sessionless run's FireRun (its fields do not matter to these tests)."""
-    return FireRun(
-        run_id=run_id,
-        at=now,
-        session_id="",
-        route="chat_completions",
-        model="m",
-        stream=False,
-        tool_policy="chat_only",
-        ambiguity_action="ask",
-        is_session_reuse=False,
-        client_ua="",
-    )
 
 
 class Harness:
@@ -263,7 +248,7 @@ def test_a_failed_durable_save_leaves_no_unsaved_events_in_the_cache(tmp_path: P
         run_id = uuid4()
         now = datetime.now(UTC)
         await executor.execute(
-            _fire(run_id, now),
+            fire_cmd(run_id),
             durable=True,
         )
         switch.touch()
@@ -403,7 +388,7 @@ def test_a_refused_durable_save_keeps_the_runs_outboxed_events_for_the_next_comm
         now = datetime.now(UTC)
         switch.touch()
         try:
-            fire = _fire(run_id, now)
+            fire = fire_cmd(run_id)
             await executor.execute(fire)  # waits in the outbox
             with pytest.raises(PersistFailed):
                 await executor.execute(AppendContent(run_id=run_id, at=now, text="refused"), durable=True)
